@@ -1,0 +1,142 @@
+"""Multi-head self-attention (Lean ``MultiHeadAttention.forward``, no mask).
+
+::
+
+    Q = x Wq (+ bq)   K = x Wk (+ bk)   V = x Wv (+ bv)       # (tokens, heads*head_dim)
+    per head h:  P_h = softmax(Q_h K_hᵀ / sqrt(head_dim))     # stable, over keys
+                 C_h = P_h V_h
+    out = concat_h(C_h) Wo (+ bo)
+
+``head_dim = embed_dim / heads`` with ``Nat`` floor, so ``attn_dim = heads*head_dim``
+may be smaller than ``embed_dim`` (legal for the spec; profiles forbid it).
+The spec has no biases; profiles add ``bq bk bv`` and/or ``bo``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..dims import Float, checked
+from ._batch import flat2
+from .softmax import softmax, softmax_backward
+
+
+@dataclass
+class AttentionCache:
+    """Activations kept from a forward for the backward (``mode='cache'``)."""
+
+    q: Tensor  # (*batch, heads, tokens, head_dim)
+    k: Tensor
+    v: Tensor
+    probs: Tensor  # (*batch, heads, tokens, tokens)
+    context: Tensor  # (*batch, tokens, attn_dim)
+
+
+def _split(t: Tensor, heads: int) -> Tensor:
+    return t.unflatten(-1, (heads, -1)).transpose(-3, -2)  # (*b, T, A) -> (*b, H, T, hd)
+
+
+def _merge(t: Tensor) -> Tensor:
+    return t.transpose(-3, -2).flatten(-2)  # (*b, H, T, hd) -> (*b, T, A)
+
+
+@checked
+def _mha_core(
+    x: Float[Tensor, "*batch tokens embed_dim"],
+    wq: Float[Tensor, "embed_dim attn_dim"],
+    wk: Float[Tensor, "embed_dim attn_dim"],
+    wv: Float[Tensor, "embed_dim attn_dim"],
+    wo: Float[Tensor, "attn_dim embed_dim"],
+    bq: Float[Tensor, " attn_dim"] | None,
+    bk: Float[Tensor, " attn_dim"] | None,
+    bv: Float[Tensor, " attn_dim"] | None,
+    bo: Float[Tensor, " embed_dim"] | None,
+    heads: int,
+) -> tuple[Float[Tensor, "*batch tokens embed_dim"], AttentionCache]:
+    def proj(w: Tensor, b: Tensor | None) -> Tensor:
+        y = x @ w
+        return _split(y + b if b is not None else y, heads)
+
+    q, k, v = proj(wq, bq), proj(wk, bk), proj(wv, bv)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    probs = softmax((q @ k.transpose(-1, -2)) * scale)
+    context = _merge(probs @ v)
+    out = context @ wo
+    if bo is not None:
+        out = out + bo
+    return out, AttentionCache(q, k, v, probs, context)
+
+
+def mha(
+    x: Tensor,
+    wq: Tensor,
+    wk: Tensor,
+    wv: Tensor,
+    wo: Tensor,
+    bq: Tensor | None = None,
+    bk: Tensor | None = None,
+    bv: Tensor | None = None,
+    bo: Tensor | None = None,
+    *,
+    heads: int,
+) -> tuple[Tensor, AttentionCache]:
+    """Self-attention output and the cache its backward can reuse."""
+    return _mha_core(x, wq, wk, wv, wo, bq, bk, bv, bo, heads)
+
+
+@checked
+def _mha_backward_core(
+    x: Float[Tensor, "*batch tokens embed_dim"],
+    wq: Float[Tensor, "embed_dim attn_dim"],
+    wk: Float[Tensor, "embed_dim attn_dim"],
+    wv: Float[Tensor, "embed_dim attn_dim"],
+    wo: Float[Tensor, "attn_dim embed_dim"],
+    d_out: Float[Tensor, "*batch tokens embed_dim"],
+    cache: AttentionCache,
+) -> tuple[Float[Tensor, "*batch tokens embed_dim"], dict[str, Tensor]]:
+    q, k, v, probs = cache.q, cache.k, cache.v, cache.probs
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    d_context = d_out @ wo.T
+    grads = {"dWo": flat2(cache.context).T @ flat2(d_out), "dbo": flat2(d_out).sum(0)}
+    dc = _split(d_context, q.shape[-3])
+    d_probs = dc @ v.transpose(-1, -2)
+    dv = probs.transpose(-1, -2) @ dc
+    d_scores = softmax_backward(probs, d_probs) * scale
+    dq = d_scores @ k
+    dk = d_scores.transpose(-1, -2) @ q
+    dx = x.new_zeros(x.shape)
+    for name, w, dproj in (("q", wq, dq), ("k", wk, dk), ("v", wv, dv)):
+        dm = _merge(dproj)
+        grads[f"dW{name}"] = flat2(x).T @ flat2(dm)
+        grads[f"db{name}"] = flat2(dm).sum(0)
+        dx = dx + dm @ w.T
+    return dx, grads
+
+
+def mha_backward(
+    x: Tensor,
+    wq: Tensor,
+    wk: Tensor,
+    wv: Tensor,
+    wo: Tensor,
+    d_out: Tensor,
+    bq: Tensor | None = None,
+    bk: Tensor | None = None,
+    bv: Tensor | None = None,
+    bo: Tensor | None = None,
+    *,
+    heads: int,
+    cache: AttentionCache | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(d_x, grads)`` with ``grads`` keyed ``dWq dWk dWv dWo dbq dbk dbv dbo``.
+
+    Without ``cache`` the forward intermediates are recomputed (the Lean way).
+    Bias gradients are returned whether or not the profile has those biases;
+    callers keep the ones their bundle owns.
+    """
+    if cache is None:
+        _, cache = _mha_core(x, wq, wk, wv, wo, bq, bk, bv, bo, heads)
+    return _mha_backward_core(x, wq, wk, wv, wo, d_out, cache)
