@@ -243,13 +243,21 @@ def _pre_check(spec: _Spec, arguments: Mapping[str, Any], dims: Dims | None) -> 
                 raise ShapeError(
                     f"{fname}: argument '{pname}' is on {what} {act}, but argument '{first[0]}' is {exp}; "
                     f"all floating-point tensors of one call must share device and dtype",
-                    function=fname, argument=pname, expected=exp, actual=act, shape=tuple(t.shape),
+                    function=fname,
+                    argument=pname,
+                    expected=exp,
+                    actual=act,
+                    shape=tuple(t.shape),
                 )
         binds, rank_problem = _bindings(hint, tuple(t.shape))
         if rank_problem:
             raise ShapeError(
                 f"{fname}: argument '{pname}' has shape {_fmt_shape(t)}: {rank_problem}",
-                function=fname, argument=pname, expected=hint.dim_str, actual=tuple(t.shape), shape=tuple(t.shape),
+                function=fname,
+                argument=pname,
+                expected=hint.dim_str,
+                actual=tuple(t.shape),
+                shape=tuple(t.shape),
             )
         for name, axis, size in binds:
             if dims is not None and name in dims.values and size != dims.values[name]:
@@ -260,14 +268,17 @@ def _pre_check(spec: _Spec, arguments: Mapping[str, Any], dims: Dims | None) -> 
                     f"{fname}: argument '{pname}' dimension '{name}' (axis {axis}) is {size}, but argument "
                     f"'{other[1]}' has {name} = {other[0]} (axis {other[2]}); shape {_fmt_shape(t)} "
                     f"annotated '{hint.dim_str}'",
-                    function=fname, argument=pname, dim=name, expected=other[0], actual=size, shape=tuple(t.shape),
+                    function=fname,
+                    argument=pname,
+                    dim=name,
+                    expected=other[0],
+                    actual=size,
+                    shape=tuple(t.shape),
                 )
             seen.setdefault(name, (size, pname, axis))
 
 
-def _raise_dim(
-    fname: str, pname: str, t: torch.Tensor, hint: Any, name: str, axis: int, size: int, dims: Dims
-) -> None:
+def _raise_dim(fname: str, pname: str, t: torch.Tensor, hint: Any, name: str, axis: int, size: int, dims: Dims) -> None:
     expected = dims.values[name]
     formula = dims.explain(name)
     msg = (
@@ -275,8 +286,14 @@ def _raise_dim(
         f"{formula}; actual shape {_fmt_shape(t)} annotated '{hint.dim_str}'"
     )
     raise ShapeError(
-        msg, function=fname, argument=pname, dim=name, expected=expected, actual=size,
-        formula=formula, shape=tuple(t.shape),
+        msg,
+        function=fname,
+        argument=pname,
+        dim=name,
+        expected=expected,
+        actual=size,
+        formula=formula,
+        shape=tuple(t.shape),
     )
 
 

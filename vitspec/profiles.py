@@ -86,23 +86,73 @@ PROFILES: dict[str, Profile] = {
     for p in (
         Profile("torchlean", source="TorchLean NN.Spec.Models.Vit (SPEC §3)"),
         Profile(
-            "timm", "pre", "before_pool", 1e-6, "gelu_erf", True, True, "token", "conv", False, True,
+            "timm",
+            "pre",
+            "before_pool",
+            1e-6,
+            "gelu_erf",
+            True,
+            True,
+            "token",
+            "conv",
+            False,
+            True,
             "timm.models.vision_transformer.VisionTransformer (global_pool='token')",
         ),
         Profile(
-            "torchvision", "pre", "before_pool", 1e-6, "gelu_erf", True, True, "token", "conv", False, True,
+            "torchvision",
+            "pre",
+            "before_pool",
+            1e-6,
+            "gelu_erf",
+            True,
+            True,
+            "token",
+            "conv",
+            False,
+            True,
             "torchvision.models.vision_transformer.VisionTransformer",
         ),
         Profile(
-            "hf", "pre", "before_pool", 1e-12, "gelu_erf", True, True, "token", "conv", False, True,
+            "hf",
+            "pre",
+            "before_pool",
+            1e-12,
+            "gelu_erf",
+            True,
+            True,
+            "token",
+            "conv",
+            False,
+            True,
             "transformers ViTForImageClassification (layer_norm_eps=1e-12)",
         ),
         Profile(
-            "lucidrains", "pre", "before_pool", 1e-5, "gelu_erf", False, True, "token", "linear_ln", False, True,
+            "lucidrains",
+            "pre",
+            "before_pool",
+            1e-5,
+            "gelu_erf",
+            False,
+            True,
+            "token",
+            "linear_ln",
+            False,
+            True,
             "vit_pytorch.ViT (pool='cls')",
         ),
         Profile(
-            "d2l", "pre", "none", 1e-5, "gelu_erf", False, False, "token", "conv", True, True,
+            "d2l",
+            "pre",
+            "none",
+            1e-5,
+            "gelu_erf",
+            False,
+            False,
+            "token",
+            "conv",
+            True,
+            True,
             "d2l.ai 11.8 ViT (LN + Linear head, MHA without biases)",
         ),
     )
@@ -116,9 +166,7 @@ def get_profile(profile: str | Profile) -> Profile:
     try:
         return PROFILES[profile]
     except (KeyError, TypeError):
-        raise ConfigError(
-            f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}"
-        ) from None
+        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}") from None
 
 
 _LABELS = {

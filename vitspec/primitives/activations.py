@@ -20,7 +20,9 @@ def relu(x: Float[Tensor, "*batch features"]) -> Float[Tensor, "*batch features"
 
 
 @checked
-def relu_backward(x: Float[Tensor, "*batch features"], dy: Float[Tensor, "*batch features"]) -> Float[Tensor, "*batch features"]:
+def relu_backward(
+    x: Float[Tensor, "*batch features"], dy: Float[Tensor, "*batch features"]
+) -> Float[Tensor, "*batch features"]:
     """``dy ⊙ 1[x > 0]`` (subgradient 0 at 0, as PyTorch and Lean's ``reluSpec`` derivative)."""
     return dy * (x > 0).to(dy.dtype)
 
@@ -32,7 +34,9 @@ def gelu_erf(x: Float[Tensor, "*batch features"]) -> Float[Tensor, "*batch featu
 
 
 @checked
-def gelu_erf_backward(x: Float[Tensor, "*batch features"], dy: Float[Tensor, "*batch features"]) -> Float[Tensor, "*batch features"]:
+def gelu_erf_backward(
+    x: Float[Tensor, "*batch features"], dy: Float[Tensor, "*batch features"]
+) -> Float[Tensor, "*batch features"]:
     """``dy ⊙ (Φ(x) + x φ(x))``."""
     cdf = 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
     pdf = torch.exp(-0.5 * x * x) * _INV_SQRT_2PI
@@ -46,7 +50,9 @@ def gelu_tanh(x: Float[Tensor, "*batch features"]) -> Float[Tensor, "*batch feat
 
 
 @checked
-def gelu_tanh_backward(x: Float[Tensor, "*batch features"], dy: Float[Tensor, "*batch features"]) -> Float[Tensor, "*batch features"]:
+def gelu_tanh_backward(
+    x: Float[Tensor, "*batch features"], dy: Float[Tensor, "*batch features"]
+) -> Float[Tensor, "*batch features"]:
     u = _SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)
     t = torch.tanh(u)
     du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)

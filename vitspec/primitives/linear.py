@@ -43,7 +43,9 @@ def head(
 
 @checked
 def head_backward(
-    pooled: Float[Tensor, "*batch embed_dim"], w: Float[Tensor, "classes embed_dim"], dy: Float[Tensor, "*batch classes"]
+    pooled: Float[Tensor, "*batch embed_dim"],
+    w: Float[Tensor, "classes embed_dim"],
+    dy: Float[Tensor, "*batch classes"],
 ) -> tuple[Float[Tensor, "*batch embed_dim"], Float[Tensor, "classes embed_dim"], Float[Tensor, " classes"]]:
     """Lean ``linearBackwardSpec``: ``d_pooled = Wᵀ dy``, ``d_head_W = Σ dy ⊗ pooled``, ``d_head_b = Σ dy``."""
     d_pooled = dy @ w

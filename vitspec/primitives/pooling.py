@@ -27,7 +27,9 @@ def mean_pool_backward(
 
 
 @checked
-def token_select(encoded: Float[Tensor, "*batch tokens embed_dim"], index: int = 0) -> Float[Tensor, "*batch embed_dim"]:
+def token_select(
+    encoded: Float[Tensor, "*batch tokens embed_dim"], index: int = 0
+) -> Float[Tensor, "*batch embed_dim"]:
     """``encoded[index]`` (``ViTClsSpec`` pools token 0)."""
     return encoded[..., index, :]
 

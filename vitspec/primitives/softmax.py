@@ -18,6 +18,8 @@ def softmax(scores: Float[Tensor, "*batch q k"]) -> Float[Tensor, "*batch q k"]:
 
 
 @checked
-def softmax_backward(probs: Float[Tensor, "*batch q k"], dp: Float[Tensor, "*batch q k"]) -> Float[Tensor, "*batch q k"]:
+def softmax_backward(
+    probs: Float[Tensor, "*batch q k"], dp: Float[Tensor, "*batch q k"]
+) -> Float[Tensor, "*batch q k"]:
     """VJP of softmax given its *output* ``probs`` (no recomputation needed)."""
     return probs * (dp - (dp * probs).sum(-1, keepdim=True))

@@ -27,7 +27,9 @@ def grid_to_tokens_backward(
 
 
 @checked
-def pos_add(tokens: Float[Tensor, "*batch tokens embed_dim"], pos: Float[Tensor, "tokens embed_dim"]) -> Float[Tensor, "*batch tokens embed_dim"]:
+def pos_add(
+    tokens: Float[Tensor, "*batch tokens embed_dim"], pos: Float[Tensor, "tokens embed_dim"]
+) -> Float[Tensor, "*batch tokens embed_dim"]:
     """Lean ``addPositionalEncodingSpec``: learned ``pos`` added row by row."""
     return tokens + pos
 
