@@ -1,0 +1,94 @@
+"""Shared benchmark plumbing: interleaved timing, peak-RSS measurement, result files.
+
+Timings are taken side by side in one process, alternating the contenders
+(A B A B ...) so machine noise hits both alike, and reported as medians and as
+the ratio of medians. Peak memory on the CPU is the process's peak resident set
+(VmHWM) above the resident set just before the measured call, each contender in
+a fresh subprocess with a fixed mmap threshold so freed tensors go back to the OS
+(otherwise glibc keeps them and later peaks hide inside old pages).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, object]:
+    info: dict[str, object] = {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict[str, Callable[[], object]], *, reps: int, warmup: int = 1, device: str = "cpu") -> dict:
+    """Median seconds per contender, measured alternately ``reps`` times after ``warmup`` rounds."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+            _sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            _sync(device)
+            t = time.perf_counter()
+            f()
+            _sync(device)
+            times[k].append(time.perf_counter() - t)
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "runs": v} for k, v in times.items()}
+
+
+def _status_kb(key: str) -> int:
+    m = re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text())
+    return int(m.group(1)) if m else -1
+
+
+def reset_peak() -> int:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); returns the current RSS in KiB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kb("VmRSS")
+
+
+def peak_kb() -> int:
+    return _status_kb("VmHWM")
+
+
+def run_subprocess(args: list[str]) -> dict:
+    """Run ``python <args>`` with a fixed mmap threshold; the child prints one JSON line last."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    out = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_result(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,200 @@
+"""Issue 4 benchmarks: the executable spec against autograd and against timm.
+
+ViT-S/16 (384/1536/6 heads/12 layers), 224×224, batch 8, float32, one device, side by side:
+
+1. explicit backward (which includes its own forward) / autograd forward+backward   target ≤ 1.05
+2. recompute-mode peak memory / cache-mode peak memory                              target ≤ 0.5
+   recompute-mode time / cache-mode time                                            target ≤ 1.4
+3. forward with shape checks on / off                                              target ≤ 1.03
+4. spec forward under the timm profile / timm's own forward, same config and weights target ≤ 1.05
+
+    python benchmarks/bench_spec.py [--device cpu|cuda] [--reps 7] [--quick]
+
+Writes benchmarks/results/spec_<device>.json; docs/benchmarks.md summarises it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import interleaved, peak_kb, reset_peak, run_subprocess, write_result
+
+from vitspec import ViTClsSpec, ViTConfig, shape_checks
+
+VIT_S16 = ViTConfig(16, 16, 16, 0, 384, 1536, 6, 12, 1000)
+VIT_B16 = ViTConfig(16, 16, 16, 0, 768, 3072, 12, 12, 1000)
+
+
+def _setup(cfg: ViTConfig, batch: int, dtype: torch.dtype, device: str, profile: str = "torchlean"):
+    m = ViTClsSpec.init(cfg, 3, 224, 224, seed=0, dtype=dtype, device=device, profile=profile)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 3, 224, 224, generator=g).to(device=device, dtype=dtype)
+    gy = torch.randn(batch, cfg.num_classes, generator=g).to(device=device, dtype=dtype)
+    return m, x, gy
+
+
+def explicit_vs_autograd(cfg: ViTConfig, batch: int, dtype: torch.dtype, device: str, reps: int) -> dict:
+    m, x, gy = _setup(cfg, batch, dtype, device)
+    params = list(m.state_dict().values())
+
+    def explicit() -> None:
+        with torch.no_grad():
+            m.backward(x, gy, mode="cache")
+
+    def autograd() -> None:
+        for p in params:
+            p.requires_grad_(True)
+        y = m.forward(x)
+        torch.autograd.grad(y, params, gy)
+        for p in params:
+            p.requires_grad_(False)
+
+    t = interleaved({"explicit": explicit, "autograd": autograd}, reps=reps, device=device)
+    return {"times": t, "ratio": t["explicit"]["median_s"] / t["autograd"]["median_s"], "target": 1.05}
+
+
+def recompute_vs_cache_time(cfg: ViTConfig, batch: int, dtype: torch.dtype, device: str, reps: int) -> dict:
+    m, x, gy = _setup(cfg, batch, dtype, device)
+    t = interleaved(
+        {
+            "cache": lambda: m.backward(x, gy, mode="cache"),
+            "recompute": lambda: m.backward(x, gy, mode="recompute"),
+        },
+        reps=reps,
+        device=device,
+    )
+    return {"times": t, "ratio": t["recompute"]["median_s"] / t["cache"]["median_s"], "target": 1.4}
+
+
+def _peak_child(mode: str, device: str, quick: bool) -> None:
+    """Runs in a subprocess: peak memory of one backward above the resident set before it."""
+    cfg = VIT_S16 if not quick else VIT_S16.replace(num_layers=4)
+    m, x, gy = _setup(cfg, 8 if not quick else 2, torch.float32, device)
+    with torch.no_grad():
+        m.backward(x, gy, mode=mode)  # warm-up: lazy initialisation is not part of the peak
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        m.backward(x, gy, mode=mode)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = reset_peak()
+        m.backward(x, gy, mode=mode)
+        peak = (peak_kb() - base) * 1024
+    print(json.dumps({"mode": mode, "peak_bytes": peak}))
+
+
+def recompute_vs_cache_memory(device: str, quick: bool) -> dict:
+    here = str(Path(__file__).resolve())
+    extra = ["--quick"] if quick else []
+    res = {
+        mode: run_subprocess([here, "--peak-child", mode, "--device", device, *extra])
+        for mode in ("cache", "recompute")
+    }
+    ratio = res["recompute"]["peak_bytes"] / res["cache"]["peak_bytes"]
+    return {"peak_bytes": {k: v["peak_bytes"] for k, v in res.items()}, "ratio": ratio, "target": 0.5}
+
+
+def checks_on_off(cfg: ViTConfig, batch: int, dtype: torch.dtype, device: str, reps: int) -> dict:
+    m, x, _ = _setup(cfg, batch, dtype, device)
+
+    def on() -> None:
+        with shape_checks(True), torch.no_grad():
+            m.forward(x)
+
+    def off() -> None:
+        with shape_checks(False), torch.no_grad():
+            m.forward(x)
+
+    t = interleaved({"on": on, "off": off}, reps=reps, device=device)
+    return {"times": t, "ratio": t["on"]["median_s"] / t["off"]["median_s"], "target": 1.03}
+
+
+def spec_vs_timm(batch: int, dtype: torch.dtype, device: str, reps: int) -> dict:
+    import timm
+
+    from conformance.adapters import detect
+
+    torch.manual_seed(0)
+    tm = timm.create_model("vit_small_patch16_224", pretrained=False).eval().to(device=device, dtype=dtype)
+    adapter = detect(tm)
+    d = adapter.describe()
+    sd = adapter.to_spec({k: v.detach() for k, v in tm.named_parameters()})
+    spec = ViTClsSpec.from_state_dict(d.cfg, d.in_c, d.in_h, d.in_w, sd, profile=d.profile)
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        err = float((spec.forward(x) - tm(x)).abs().max())
+
+    def spec_fwd() -> None:
+        with torch.no_grad():
+            spec.forward(x)
+
+    def timm_fwd() -> None:
+        with torch.no_grad():
+            tm(x)
+
+    t = interleaved({"spec_timm_profile": spec_fwd, "timm": timm_fwd}, reps=reps, device=device)
+    return {
+        "times": t,
+        "ratio": t["spec_timm_profile"]["median_s"] / t["timm"]["median_s"],
+        "target": 1.05,
+        "max_abs_logit_diff": err,
+        "timm_fused_attn": bool(getattr(tm.blocks[0].attn, "fused_attn", False)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="4 layers, batch 2: a smoke run, not the recorded figures")
+    ap.add_argument("--peak-child", choices=("cache", "recompute"), help=argparse.SUPPRESS)
+    ap.add_argument("--only", default="", help="comma list of: explicit,recompute,memory,checks,timm")
+    args = ap.parse_args()
+    if args.peak_child:
+        _peak_child(args.peak_child, args.device, args.quick)
+        return
+    cfg, batch = (VIT_S16, 8) if not args.quick else (VIT_S16.replace(num_layers=4), 2)
+    dt = torch.float32
+    only = set(filter(None, args.only.split(","))) or {"explicit", "recompute", "memory", "checks", "timm"}
+    out: dict = {
+        "config": "ViT-S/16 224x224" if not args.quick else "ViT-S/16 (4 layers) quick",
+        "batch": batch,
+        "dtype": "float32",
+        "device": args.device,
+        "reps": args.reps,
+    }
+    steps = {
+        "explicit": (
+            "explicit_backward_vs_autograd",
+            lambda: explicit_vs_autograd(cfg, batch, dt, args.device, args.reps),
+        ),
+        "recompute": (
+            "recompute_vs_cache_time",
+            lambda: recompute_vs_cache_time(cfg, batch, dt, args.device, args.reps),
+        ),
+        "memory": ("recompute_vs_cache_peak_memory", lambda: recompute_vs_cache_memory(args.device, args.quick)),
+        "checks": ("forward_checks_on_vs_off", lambda: checks_on_off(cfg, batch, dt, args.device, args.reps)),
+        "timm": ("spec_timm_profile_vs_timm_forward", lambda: spec_vs_timm(batch, dt, args.device, args.reps)),
+    }
+    for key, (name, fn) in steps.items():
+        if key in only:
+            r = fn()
+            out[name] = r
+            print(f"{name:40s} ratio {r['ratio']:.3f} (target {r['target']})", flush=True)
+    suffix = "_quick" if args.quick else ""
+    print("wrote", write_result(f"spec_{args.device}{suffix}", out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Attention pictures: last-layer CLS attention and attention rollout over an input image.
+
+Works for any spec model with a CLS token, and so for any third-party ViT the
+conformance adapters can map (the spec run under the library's profile computes
+the library's attention). Attention probabilities are recomputed from the
+captured layer inputs with the spec's own primitives, so the picture shows the
+spec's numbers, not a hook's.
+
+Rollout (Abnar & Zuidema, 2020): average heads, add the identity for the residual
+path, renormalise rows, multiply through the layers; row 0 (CLS) over the patch
+columns is the map.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError, VitSpecError
+from .primitives import layer_norm, softmax
+
+__all__ = ["add_parser", "attention_maps", "attention_probs", "save_attention_png"]
+
+
+def attention_probs(model: object, x: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, the attention probabilities ``(heads, tokens, tokens)`` for one image ``x`` (C, H, W)."""
+    sd = model.state_dict()  # type: ignore[attr-defined]
+    prof = model.profile  # type: ignore[attr-defined]
+    heads = model.cfg.head_count  # type: ignore[attr-defined]
+    capture: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        model.forward(x, capture=capture)  # type: ignore[attr-defined]
+        out = []
+        for i in range(model.cfg.num_layers):  # type: ignore[attr-defined]
+            h = capture["pos_embed"] if i == 0 else capture[f"blocks.{i - 1}"]
+            p = f"encoder.{i}."
+            if prof.norm_placement == "pre":
+                h = layer_norm(h, sd[p + "norm1_gamma"], sd[p + "norm1_beta"], prof.ln_eps)
+            q = h @ sd[p + "mha.Wq"] + (sd[p + "mha.bq"] if prof.qkv_bias else 0)
+            k = h @ sd[p + "mha.Wk"] + (sd[p + "mha.bk"] if prof.qkv_bias else 0)
+            q = q.unflatten(-1, (heads, -1)).transpose(0, 1)
+            k = k.unflatten(-1, (heads, -1)).transpose(0, 1)
+            out.append(softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5))
+    return out
+
+
+def attention_maps(model: object, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cls_last, rollout)``, each ``(out_h, out_w)``: what the CLS token attends to among patches."""
+    if getattr(model, "variant", None) != "cls":
+        raise ConfigError("attention maps need a model with a CLS token (ViTClsSpec / a CLS-token ViT)")
+    probs = attention_probs(model, x)
+    oh, ow = model.dims["out_h"], model.dims["out_w"]  # type: ignore[attr-defined]
+    if not probs:
+        raise ConfigError("the model has no encoder layers, so there is no attention to draw")
+    cls_last = probs[-1].mean(0)[0, 1:].reshape(oh, ow)
+    t = probs[0].shape[-1]
+    roll = torch.eye(t, dtype=probs[0].dtype, device=probs[0].device)
+    for p in probs:
+        a = p.mean(0) + torch.eye(t, dtype=p.dtype, device=p.device)
+        roll = (a / a.sum(-1, keepdim=True)) @ roll
+    return cls_last, roll[0, 1:].reshape(oh, ow)
+
+
+def save_attention_png(
+    image: torch.Tensor, cls_last: torch.Tensor, rollout: torch.Tensor, path: str, title: str
+) -> None:
+    """Three panels (input, last-layer CLS attention, rollout) overlaid on the image; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ._fs import atomic_write_bytes
+
+    img = image.detach().double().cpu()
+    img = (img - img.min()) / (img.max() - img.min() + 1e-12)
+    rgb = img.permute(1, 2, 0).numpy() if img.shape[0] == 3 else img[0].numpy()
+    cmap = None if img.shape[0] == 3 else "gray"
+    h, w = img.shape[-2:]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4))
+    axes[0].imshow(rgb, cmap=cmap)
+    axes[0].set_title("input")
+    for ax, m, name in ((axes[1], cls_last, "CLS attention, last layer"), (axes[2], rollout, "attention rollout")):
+        ax.imshow(rgb, cmap=cmap)
+        im = ax.imshow(
+            m.detach().double().cpu().numpy(), cmap="inferno", alpha=0.6, extent=(0, w, h, 0), interpolation="nearest"
+        )
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        ax.set_title(name)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_image(path: str, in_c: int, in_h: int, in_w: int) -> torch.Tensor:
+    import matplotlib.image as mpimg
+    import torch.nn.functional as F
+
+    p = Path(path)
+    if not p.is_file():
+        raise VitSpecError(f"--image {path!r}: no such file")
+    try:
+        arr = mpimg.imread(p)
+    except Exception as e:  # matplotlib/PIL raise many types for a bad file
+        raise VitSpecError(f"--image {path!r}: cannot read it as an image ({e})") from None
+    t = torch.tensor(arr, dtype=torch.float64)
+    t = t.unsqueeze(-1) if t.dim() == 2 else t[..., :3]
+    t = t.permute(2, 0, 1)
+    t = t.mean(0, keepdim=True) if in_c == 1 else (t.expand(3, -1, -1) if t.shape[0] == 1 else t)
+    if t.shape[0] != in_c:
+        raise VitSpecError(f"--image has {t.shape[0]} channels; the model needs channels = {in_c}")
+    t = F.interpolate(t[None], size=(in_h, in_w), mode="bilinear", align_corners=False)[0]
+    return (t - t.mean()) / (t.std() + 1e-12)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``vitspec attention-map``."""
+    p = sub.add_parser(
+        "attention-map",
+        help="write a PNG of a ViT's CLS attention (last layer) and attention rollout over an image",
+        description=__doc__,
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", metavar="PATH", help="a spec model saved with m.save(PATH) (.safetensors)")
+    src.add_argument("--target", metavar="TARGET", help="a third-party ViT, as for `vitspec conform` (random init)")
+    p.add_argument("--image", metavar="PATH", help="PNG/JPEG input (default: a seeded random image)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the default image and model init")
+    p.add_argument("-o", "--output", default="attention.png", help="PNG to write (default attention.png)")
+    p.set_defaults(func=_run)
+    return p
+
+
+def _model_from_args(args: argparse.Namespace) -> tuple[object, str]:
+    if args.model:
+        from .io import load
+
+        return load(args.model), Path(args.model).name
+    if args.target:
+        from conformance.adapters import detect
+        from conformance.targets import build_target
+
+        from .models import ViTClsSpec, ViTSpec
+
+        lib_model, name = build_target(args.target, seed=args.seed)
+        adapter = detect(lib_model.eval())
+        d = adapter.describe()
+        cls = ViTClsSpec if d.variant == "cls" else ViTSpec
+        sd = adapter.to_spec({k: v.detach().double() for k, v in lib_model.named_parameters()})
+        return cls.from_state_dict(d.cfg, d.in_c, d.in_h, d.in_w, sd, profile=d.profile), name
+    from .config import ViTConfig
+    from .models import ViTClsSpec
+
+    cfg = ViTConfig(8, 8, 8, 0, 64, 128, 4, 4, 10)
+    return ViTClsSpec.init(cfg, 3, 64, 64, seed=args.seed, dtype=torch.float64), "ViTClsSpec (random init)"
+
+
+def _run(args: argparse.Namespace) -> int:
+    model, name = _model_from_args(args)
+    in_c, in_h, in_w = model.in_c, model.in_h, model.in_w  # type: ignore[attr-defined]
+    dtype = next(iter(model.state_dict().values())).dtype  # type: ignore[attr-defined]
+    if args.image:
+        x = _load_image(args.image, in_c, in_h, in_w)
+    else:
+        x = torch.randn(in_c, in_h, in_w, generator=torch.Generator().manual_seed(args.seed), dtype=torch.float64)
+    x = x.to(dtype)
+    cls_last, rollout = attention_maps(model, x)
+    save_attention_png(x, cls_last, rollout, args.output, f"{name}: attention")
+    print(f"wrote {args.output}")
+    return 0
