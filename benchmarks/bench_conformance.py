@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, write_result  # noqa: E402
+from _common import interleaved, write_result
 
 
 def main() -> None:
