@@ -194,3 +194,15 @@ def deviations(profile: str | Profile, *, variant: str = "mean") -> list[str]:
         if a != b:
             out.append(f"{label}: {a} (spec: {b})")
     return out
+
+
+def profiles_markdown() -> str:
+    """The profiles as a Markdown table (docs/profiles.md embeds this; a test keeps them in sync)."""
+    cols = list(_LABELS) + ["require_heads_divide"]
+    head = "| profile | " + " | ".join(_LABELS.get(c, "heads ∣ embed_dim required") for c in cols) + " | source |"
+    sep = "|" + "---|" * (len(cols) + 2)
+    rows = []
+    for p in PROFILES.values():
+        vals = ["variant default" if getattr(p, c) is None else str(getattr(p, c)) for c in cols]
+        rows.append(f"| `{p.name}` | " + " | ".join(vals) + f" | {p.source} |")
+    return "\n".join([head, sep, *rows])
