@@ -26,6 +26,7 @@ import contextvars
 import functools
 import inspect
 import os
+import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -140,7 +141,8 @@ class Dims:
             "patch_dim": in_c * ph * pw,
             "classes": cfg.num_classes,
         }
-        tok = f"tokens = out_h*out_w{' + 1' if cls_token else ''} = {oh}*{ow}{' + 1' if cls_token else ''} = {values['tokens']}"
+        plus = " + 1" if cls_token else ""
+        tok = f"tokens = out_h*out_w{plus} = {oh}*{ow}{plus} = {values['tokens']}"
         formulas = {
             "channels": f"channels = in_c = {in_c}",
             "in_h": f"in_h = {in_h} (the model's input height)",
@@ -186,6 +188,17 @@ def _is_array_hint(hint: object) -> bool:
     return isinstance(hint, type) and hasattr(hint, "dims") and hasattr(hint, "dim_str")
 
 
+def _array_hint(hint: object) -> Any | None:
+    """The jaxtyping array type of ``hint``, looking through ``X | None`` (optional biases); else None."""
+    if _is_array_hint(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(members) == 1 and _is_array_hint(members[0]):
+            return members[0]
+    return None
+
+
 @dataclass(frozen=True)
 class _Spec:
     name: str
@@ -207,7 +220,7 @@ def _bindings(hint: Any, shape: tuple[int, ...]) -> tuple[list[tuple[str, int, i
             return [], f"rank {len(shape)}, but '{hint.dim_str}' needs at least {n_fixed}"
         v = variadic[0]
         extra = len(shape) - n_fixed
-        axes = list(range(v)) + [None] + list(range(v + extra, len(shape)))
+        axes = [*range(v), None, *range(v + extra, len(shape))]
         pairs = [(d, ax) for d, ax in zip(dims, axes, strict=True) if ax is not None]
     else:
         if len(shape) != len(dims):
@@ -305,7 +318,10 @@ def checked(fn: Callable[P, R]) -> Callable[P, R]:
     """
     hints = typing.get_type_hints(fn, include_extras=True)
     sig = inspect.signature(fn)
-    params = tuple((n, h) for n, h in hints.items() if n != "return" and _is_array_hint(h))
+    # Optional tensors (``X | None``) are checked too when given: an unchecked float64 bias
+    # would silently promote a float32 result.
+    arrays = ((n, _array_hint(h)) for n, h in hints.items() if n != "return")
+    params = tuple((n, h) for n, h in arrays if h is not None)
     ret = hints.get("return")
     spec = _Spec(fn.__qualname__, sig, params, ret if _is_array_hint(ret) else None)
     typed = jaxtyped(typechecker=beartype)(fn)

@@ -198,7 +198,7 @@ def deviations(profile: str | Profile, *, variant: str = "mean") -> list[str]:
 
 def profiles_markdown() -> str:
     """The profiles as a Markdown table (docs/profiles.md embeds this; a test keeps them in sync)."""
-    cols = list(_LABELS) + ["require_heads_divide"]
+    cols = [*list(_LABELS), "require_heads_divide"]
     head = "| profile | " + " | ".join(_LABELS.get(c, "heads ∣ embed_dim required") for c in cols) + " | source |"
     sep = "|" + "---|" * (len(cols) + 2)
     rows = []
