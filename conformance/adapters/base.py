@@ -1,0 +1,593 @@
+"""The adapter interface (docs/architecture.md, "Adapters") and the key-map engine behind it.
+
+An adapter turns one third-party ViT into three things the harness can compare with the spec:
+
+- a :class:`Description` (``ViTConfig``, input size, variant, numerics :class:`~vitspec.profiles.Profile`),
+  or :class:`Unsupported` naming a feature the spec cannot express;
+- a strict, *linear* map from library-named tensors to spec keys (``to_spec``), which therefore
+  maps parameters and their gradients alike;
+- :class:`CapturePoint` hooks at the spec's stage boundaries, with transforms to the spec layout.
+
+Most adapters are a list of :class:`Rule` s (one per library parameter) handed to
+:class:`RuleAdapter`, which implements ``to_spec`` and ``links`` once for every library:
+unknown, missing and mis-shaped names are all collected and raised as one ``MappingError``.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from vitspec.config import ViTConfig
+from vitspec.errors import MappingError, VitSpecError
+from vitspec.profiles import Activation, Profile
+
+__all__ = [
+    "SUB_OPS",
+    "Adapter",
+    "CapturePoint",
+    "Description",
+    "Rule",
+    "RuleAdapter",
+    "Unsupported",
+    "activation_kind",
+    "apply_rules",
+    "as_vector",
+    "check_layer_norm",
+    "check_linear",
+    "conv_geometry",
+    "copy",
+    "expected_stages",
+    "find_base",
+    "flatten_grid",
+    "fused_qkv_rules",
+    "identity_head",
+    "linear_rules",
+    "norm_rules",
+    "overridden",
+    "raise_unsupported",
+    "spec_keys",
+    "split_rows",
+    "squeeze_to",
+    "take0",
+    "transpose",
+]
+
+Variant = Literal["mean", "cls"]
+#: Sub-op stage suffixes in pre-norm forward order (post-norm runs attn, norm1, mlp, norm2).
+SUB_OPS = ("norm1", "attn", "norm2", "mlp")
+
+
+class Unsupported(VitSpecError):  # noqa: N818 -- name fixed by the contract
+    """The model uses a feature the spec cannot express (register tokens, layer scale, ...).
+
+    ``reason`` says which feature and where; ``library`` names the adapter that refused.
+    The harness reports it instead of comparing, so nothing passes silently.
+    """
+
+    def __init__(self, reason: str, *, library: str = "") -> None:
+        self.reason = reason
+        self.library = library
+        super().__init__(f"{library}: unsupported: {reason}" if library else f"unsupported: {reason}")
+
+
+# A layer index inside a module path: "blocks.3.attn", "encoder.layers.encoder_layer_3.ln_1".
+_LAYER_INDEX = re.compile(r"(?<=[._])(\d+)(?=[.:\s]|$)")
+
+
+def raise_unsupported(problems: Sequence[str], library: str) -> None:
+    """Raise one :class:`Unsupported` listing ``problems`` (no-op when empty).
+
+    The same problem in many layers is said once: ``blocks.0: layer scale`` ... ``blocks.11: layer
+    scale`` becomes ``blocks.{0..11}: layer scale``.
+    """
+    if not problems:
+        return
+    groups: dict[str, set[int]] = {}
+    for p in problems:
+        m = _LAYER_INDEX.search(p)
+        key = p[: m.start()] + "\0" + p[m.end() :] if m else p
+        groups.setdefault(key, set()).update([int(m.group(1))] if m else [])
+    parts = []
+    for key, idx in groups.items():
+        nums = sorted(idx)
+        if len(nums) <= 1:
+            span = str(nums[0]) if nums else ""
+        elif nums == list(range(nums[0], nums[-1] + 1)):
+            span = f"{{{nums[0]}..{nums[-1]}}}"
+        else:
+            span = "{" + ",".join(map(str, nums)) + "}"
+        parts.append(key.replace("\0", span))
+    raise Unsupported("; ".join(parts), library=library)
+
+
+@dataclass(frozen=True)
+class Description:
+    """What an adapter found in the model: the spec config and numerics that reproduce it.
+
+    ``synthetic`` lists spec keys with no library counterpart, which ``to_spec`` fills with
+    constants (HF ``ViTModel`` has no classifier: its head is the identity, so the spec's
+    logits are the pooled vector). Their gradients mean nothing; ``links`` omits them.
+    """
+
+    library: str
+    model_name: str
+    cfg: ViTConfig
+    in_c: int
+    in_h: int
+    in_w: int
+    variant: Variant
+    profile: Profile
+    has_head: bool = True
+    notes: tuple[str, ...] = ()
+    synthetic: tuple[str, ...] = ()
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_c, self.in_h, self.in_w)
+
+
+def _identity(v: Any) -> Any:
+    return v
+
+
+@dataclass(frozen=True)
+class CapturePoint:
+    """Where a stage's tensor appears in the library model, and how to bring it to the spec layout.
+
+    ``kind="output"``: a forward hook; ``transform`` gets the module's output (which may be a
+    tuple, e.g. ``nn.MultiheadAttention``). ``kind="input"``: a forward-pre hook; ``transform``
+    gets the module's *first input* (first positional argument, else the first keyword value):
+    used where no module produces the stage's tensor (the pooled vector is the head's input).
+    Use :meth:`register` rather than hooking by hand so both kinds behave the same.
+    """
+
+    module: nn.Module
+    kind: Literal["output", "input"] = "output"
+    transform: Callable[[Any], Tensor] = _identity
+
+    def register(self, callback: Callable[[Tensor], None]) -> RemovableHandle:
+        """Hook ``self.module``; ``callback`` receives the transformed tensor on every forward."""
+        if self.kind == "output":
+
+            def out_hook(_m: nn.Module, _args: Any, output: Any) -> None:
+                callback(self.transform(output))
+
+            return self.module.register_forward_hook(out_hook)
+        if self.kind == "input":
+
+            def pre_hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                callback(self.transform(args[0] if args else next(iter(kwargs.values()))))
+
+            return self.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        raise ValueError(f"CapturePoint.kind must be 'output' or 'input', got {self.kind!r}")
+
+
+# -- capture transforms (named, so reports and docs can show them) ---------------------
+def take0(output: Any) -> Tensor:
+    """First element of a tuple output (``nn.MultiheadAttention``, HF attention); tensors pass through."""
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+def flatten_grid(output: Tensor) -> Tensor:
+    """Conv output ``(B, E, h, w)`` -> tokens ``(B, h*w, E)``, row-major like the spec's ``grid_to_tokens``."""
+    return output.flatten(2).transpose(1, 2)
+
+
+# -- tensor transforms for rules: each is LINEAR, so it maps parameters and gradients --
+def copy(t: Tensor) -> tuple[Tensor, ...]:
+    """Same layout."""
+    return (t,)
+
+
+def transpose(t: Tensor) -> tuple[Tensor, ...]:
+    """``nn.Linear`` weight ``(out, in)`` -> the spec's ``(in, out)``."""
+    return (t.transpose(0, 1),)
+
+
+def split_rows(n: int, *, transposed: bool) -> Callable[[Tensor], tuple[Tensor, ...]]:
+    """Split a fused ``[q; k; v]`` weight ``(n*A, E)`` (or bias ``(n*A,)``) along rows.
+
+    With ``transposed`` each chunk becomes ``(E, A)`` (spec ``Wq/Wk/Wv`` are (in, out)).
+    """
+
+    def fn(t: Tensor) -> tuple[Tensor, ...]:
+        parts = t.chunk(n, dim=0)
+        return tuple(p.transpose(0, 1) for p in parts) if transposed else parts
+
+    fn.__name__ = f"split_rows_{n}{'_T' if transposed else ''}"
+    return fn
+
+
+def squeeze_to(*shape: int) -> Callable[[Tensor], tuple[Tensor, ...]]:
+    """Reshape to ``shape`` (drops the leading batch axes of ``[1, T, D]`` / ``[1, 1, D]``)."""
+
+    def fn(t: Tensor) -> tuple[Tensor, ...]:
+        return (t.reshape(shape),)
+
+    fn.__name__ = f"reshape_{'x'.join(map(str, shape))}"
+    return fn
+
+
+def as_vector(t: Tensor) -> tuple[Tensor, ...]:
+    """Any ``[1, ..., 1, D]`` -> ``(D,)`` (class tokens)."""
+    return (t.reshape(-1),)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One library tensor and the spec keys it feeds.
+
+    ``fn`` maps the tensor (of shape ``shape``) to one tensor per target, by a linear map
+    (transpose / split / reshape / permute), so gradients map the same way. ``fn=None`` with
+    no targets marks a parameter that exists but is deliberately not compared (an unused
+    pooler, a mask token): it is accepted if present, never required, and ``note`` says why.
+    ``aliases`` are other names of the same tensor (e.g. transformers 4.x names).
+    """
+
+    source: str
+    targets: tuple[str, ...]
+    shape: tuple[int, ...]
+    fn: Callable[[Tensor], tuple[Tensor, ...]] | None = copy
+    aliases: tuple[str, ...] = ()
+    note: str = ""
+
+    @property
+    def ignored(self) -> bool:
+        return self.fn is None
+
+    @staticmethod
+    def ignore(source: str, shape: Sequence[int], note: str, aliases: tuple[str, ...] = ()) -> Rule:
+        return Rule(source, (), tuple(shape), None, aliases, note)
+
+
+# -- rule builders for the common layers (all adapters use them) ------------------------
+def linear_rules(
+    src: str, weight_key: str, bias_key: str | None, out_f: int, in_f: int, *, aliases: str | None = None
+) -> list[Rule]:
+    """``nn.Linear`` at module path ``src``: weight ``(out, in)`` -> spec ``(in, out)`` (+ bias).
+
+    ``aliases``: the same module under another path (e.g. a transformers 4.x name).
+    """
+    rules = [Rule(f"{src}.weight", (weight_key,), (out_f, in_f), transpose, _alias(aliases, "weight"))]
+    if bias_key is not None:
+        rules.append(Rule(f"{src}.bias", (bias_key,), (out_f,), copy, _alias(aliases, "bias")))
+    return rules
+
+
+def norm_rules(src: str, prefix: str, dim: int, *, aliases: str | None = None) -> list[Rule]:
+    """LayerNorm at ``src`` -> spec ``{prefix}_gamma`` / ``{prefix}_beta``."""
+    return [
+        Rule(f"{src}.weight", (f"{prefix}_gamma",), (dim,), copy, _alias(aliases, "weight")),
+        Rule(f"{src}.bias", (f"{prefix}_beta",), (dim,), copy, _alias(aliases, "bias")),
+    ]
+
+
+def fused_qkv_rules(src: str, layer: int, attn_dim: int, embed_dim: int, *, bias: bool) -> list[Rule]:
+    """A fused ``[q; k; v]`` ``nn.Linear`` (or ``in_proj_weight``-style pair ``{src}weight``/``{src}bias``).
+
+    ``src`` is the full name prefix up to ``weight``/``bias`` (``"blocks.0.attn.qkv."`` or
+    ``"...self_attention.in_proj_"``), so both timm's ``qkv.weight`` and torch's
+    ``in_proj_weight`` fit.
+    """
+    e = f"encoder.{layer}.mha"
+    rules = [
+        Rule(
+            f"{src}weight", (f"{e}.Wq", f"{e}.Wk", f"{e}.Wv"), (3 * attn_dim, embed_dim), split_rows(3, transposed=True)
+        )
+    ]
+    if bias:
+        rules.append(
+            Rule(f"{src}bias", (f"{e}.bq", f"{e}.bk", f"{e}.bv"), (3 * attn_dim,), split_rows(3, transposed=False))
+        )
+    return rules
+
+
+def _alias(path: str | None, leaf: str) -> tuple[str, ...]:
+    return (f"{path}.{leaf}",) if path else ()
+
+
+def _fmt_shape(s: Iterable[int]) -> str:
+    return "(" + ", ".join(map(str, s)) + ")"
+
+
+def apply_rules(rules: Sequence[Rule], tensors: Mapping[str, Any], *, library: str) -> dict[str, Tensor]:
+    """Map ``tensors`` (library names) to spec keys with ``rules``; strict and all-at-once.
+
+    Every name must be claimed by a rule (else *unexpected*), every non-ignored rule must find
+    exactly one of its names with a tensor of its shape (else *missing* / *mis-shaped*); all
+    problems go into one :class:`~vitspec.errors.MappingError`. A ``None`` value (the ``.grad``
+    of a parameter that got none) counts as missing for a mapped rule. Outputs are detached
+    contiguous copies, so the spec model never aliases the library's live parameters.
+    """
+    owner: dict[str, int] = {}
+    for i, r in enumerate(rules):
+        for name in (r.source, *r.aliases):
+            owner[name] = i
+    unexpected = [n for n in tensors if n not in owner]
+    found: dict[int, list[str]] = {}
+    for n in tensors:
+        if n in owner:
+            found.setdefault(owner[n], []).append(n)
+    missing: list[str] = []
+    mismatched: list[str] = []
+    out: dict[str, Tensor] = {}
+    for i, r in enumerate(rules):
+        names = found.get(i, [])
+        if len(names) > 1:  # the same tensor under two names (e.g. a 4.x and a 5.x name)
+            unexpected += [f"{n} (duplicate of {names[0]})" for n in names[1:]]
+        value = tensors[names[0]] if names else None
+        if value is None:
+            if not r.ignored:
+                missing.append(r.source if not names else f"{names[0]} (None)")
+            continue
+        if not isinstance(value, Tensor):
+            mismatched.append(f"{names[0]}: expected a tensor, got {type(value).__name__}")
+            continue
+        if tuple(value.shape) != r.shape:
+            mismatched.append(f"{names[0]}: expected {_fmt_shape(r.shape)}, got {_fmt_shape(value.shape)}")
+            continue
+        if r.fn is None:
+            continue
+        parts = r.fn(value.detach())
+        if len(parts) != len(r.targets):  # a bug in the adapter, not in the user's dict
+            raise AssertionError(f"rule for {r.source} produced {len(parts)} tensors for {len(r.targets)} targets")
+        for key, t in zip(r.targets, parts, strict=True):
+            out[key] = t.clone(memory_format=torch.contiguous_format)
+    if missing or unexpected or mismatched:
+        raise MappingError(
+            f"{library}: cannot map {len(tensors)} tensors onto the spec bundle",
+            missing=missing,
+            unexpected=unexpected,
+            mismatched=mismatched,
+        )
+    return out
+
+
+def identity_head(embed_dim: int, like: Tensor) -> dict[str, Tensor]:
+    """The spec head of a model without classifier: ``head_W = I``, ``head_b = 0``, so logits = pooled vector."""
+    return {
+        "head_W": torch.eye(embed_dim, dtype=like.dtype, device=like.device),
+        "head_b": torch.zeros(embed_dim, dtype=like.dtype, device=like.device),
+    }
+
+
+# -- the spec side: keys and stages a description implies -----------------------------
+def spec_keys(desc: Description) -> list[str]:
+    """Spec state-dict keys a description implies (docs/architecture.md table), in table order."""
+    p = desc.profile
+    keys = ["patch_kernel", "patch_bias"]
+    if p.patch_embed == "linear_ln":
+        keys += ["patch_norm_in_gamma", "patch_norm_in_beta", "patch_norm_out_gamma", "patch_norm_out_beta"]
+    if desc.variant == "cls":
+        keys.append("cls_token")
+    keys.append("pos")
+    for i in range(desc.cfg.num_layers):
+        e = f"encoder.{i}"
+        keys += [f"{e}.mha.W{c}" for c in "qkvo"]
+        keys += [f"{e}.mha.b{c}" for c in "qkv"] if p.qkv_bias else []
+        keys += [f"{e}.mha.bo"] if p.out_bias else []
+        keys += [f"{e}.ffn.W1", f"{e}.ffn.b1", f"{e}.ffn.W2", f"{e}.ffn.b2"]
+        keys += [f"{e}.norm1_gamma", f"{e}.norm1_beta", f"{e}.norm2_gamma", f"{e}.norm2_beta"]
+    if p.final_norm != "none":
+        keys += ["final_norm_gamma", "final_norm_beta"]
+    if p.head_norm:
+        keys += ["head_norm_gamma", "head_norm_beta"]
+    return [*keys, "head_W", "head_b"]
+
+
+def expected_stages(desc: Description) -> list[str]:
+    """Stage names (docs/architecture.md "Stages") a description implies, in forward order."""
+    names = ["patch_embed", "pos_embed"]
+    subs = SUB_OPS if desc.profile.norm_placement == "pre" else ("attn", "norm1", "mlp", "norm2")
+    for i in range(desc.cfg.num_layers):
+        names += [f"blocks.{i}.{s}" for s in subs] + [f"blocks.{i}"]
+    fn = desc.profile.final_norm
+    names += (["final_norm"] if fn == "before_pool" else []) + ["pool"] + (["final_norm"] if fn == "after_pool" else [])
+    return names + (["head"] if desc.has_head else [])
+
+
+# -- model inspection helpers shared by the library adapters ----------------------------
+def conv_geometry(conv: nn.Module, what: str, library: str) -> tuple[int, int, int, int, int, int]:
+    """``(out_channels, in_channels, patch_h, patch_w, stride, padding)`` of a patch conv, or Unsupported.
+
+    The spec's patch embedding is one ``conv2d`` with a single stride and padding for both
+    axes, zero padding, no dilation or groups, and a bias.
+    """
+    if type(conv) is not nn.Conv2d:
+        raise Unsupported(
+            f"{what} is {type(conv).__name__}, not a single nn.Conv2d (e.g. a conv stem)", library=library
+        )
+    assert isinstance(conv, nn.Conv2d)
+    problems = []
+    sh, sw = conv.stride
+    if sh != sw:
+        problems.append(f"stride {conv.stride} differs per axis (the spec has one stride)")
+    pad = conv.padding
+    if isinstance(pad, str):
+        if pad != "valid":
+            problems.append(f"padding={pad!r}")
+        pad = (0, 0)
+    if pad[0] != pad[1]:
+        problems.append(f"padding {pad} differs per axis (the spec has one padding)")
+    if conv.padding_mode != "zeros":
+        problems.append(f"padding_mode={conv.padding_mode!r} (spec pads with zeros)")
+    if tuple(conv.dilation) != (1, 1):
+        problems.append(f"dilation={tuple(conv.dilation)}")
+    if conv.groups != 1:
+        problems.append(f"groups={conv.groups}")
+    if conv.bias is None:
+        problems.append("no bias (the spec's patch embedding always has one)")
+    if problems:
+        raise Unsupported(f"{what}: " + "; ".join(problems), library=library)
+    kh, kw = conv.kernel_size
+    return conv.out_channels, conv.in_channels, kh, kw, sh, pad[0]
+
+
+def check_layer_norm(m: nn.Module, what: str, dim: int, library: str) -> float:
+    """The eps of an affine LayerNorm over the last axis of width ``dim``, or Unsupported."""
+    if not isinstance(m, nn.LayerNorm):
+        raise Unsupported(f"{what} is {type(m).__name__}, not a LayerNorm", library=library)
+    if tuple(m.normalized_shape) != (dim,):
+        raise Unsupported(f"{what} normalizes over {tuple(m.normalized_shape)}, not ({dim},)", library=library)
+    if not m.elementwise_affine or m.weight is None or m.bias is None:
+        raise Unsupported(
+            f"{what} has no affine weight and bias (the spec's LayerNorm has gamma and beta)", library=library
+        )
+    return float(m.eps)
+
+
+# Library activation classes by qualified name, so a library need not be importable to be checked.
+# transformers GELUActivation calls F.gelu (or an erf formula); NewGELUActivation and GELUTanh are
+# the tanh approximation; timm's GELU/GELUTanh wrap F.gelu. (transformers 5.23.0, timm 1.0.31.)
+_ACTIVATIONS: dict[str, Activation] = {
+    "timm.layers.activations.GELU": "gelu_erf",
+    "timm.layers.activations.GELUTanh": "gelu_tanh",
+    "transformers.activations.GELUActivation": "gelu_erf",
+    "transformers.activations.NewGELUActivation": "gelu_tanh",
+    "transformers.activations.GELUTanh": "gelu_tanh",
+    "transformers.activations.PytorchGELUTanh": "gelu_tanh",
+}
+
+
+def activation_kind(m: nn.Module, what: str, library: str) -> Activation:
+    """The profile activation a module computes (exact types only: a subclass may change forward)."""
+    t = type(m)
+    if t is nn.GELU:
+        assert isinstance(m, nn.GELU)
+        return "gelu_erf" if m.approximate == "none" else "gelu_tanh"
+    if t is nn.ReLU:
+        return "relu"
+    kind = _ACTIVATIONS.get(f"{t.__module__}.{t.__qualname__}")
+    if kind is None:
+        raise Unsupported(f"{what} is {t.__name__} (spec activations: ReLU, GELU erf, GELU tanh)", library=library)
+    return kind
+
+
+def check_linear(m: nn.Module, what: str, library: str, *, bias: bool | None = True) -> nn.Linear:
+    """``m`` as an ``nn.Linear`` (with a bias if ``bias``; without if ``bias is False``), or Unsupported."""
+    if not isinstance(m, nn.Linear):
+        raise Unsupported(f"{what} is {type(m).__name__}, not nn.Linear", library=library)
+    if bias is True and m.bias is None:
+        raise Unsupported(f"{what} has no bias (the spec's layer has one)", library=library)
+    return m
+
+
+def find_base(model: nn.Module, module: str, qualname: str) -> type | None:
+    """The class ``module.qualname`` if it is in ``type(model).__mro__`` (no import of the library)."""
+    for c in type(model).__mro__:
+        if c.__module__ == module and c.__qualname__ == qualname:
+            return c
+    return None
+
+
+def overridden(model: nn.Module, base: type, methods: Iterable[str]) -> list[str]:
+    """Which of ``methods`` a subclass of ``base`` redefines (then the adapter cannot vouch for it)."""
+    t = type(model)
+    return [m for m in methods if getattr(t, m, None) is not getattr(base, m, None)]
+
+
+# -- the adapter interface ---------------------------------------------------------------
+class Adapter(ABC):
+    """One library's view of a ViT (docs/architecture.md, "Adapters").
+
+    ``__init__`` keeps a deep copy of the model in eval mode (``copy=False`` uses the model
+    itself, and still switches it to eval): dropout off, hooks on our copy only.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, model: nn.Module, *, copy: bool = True) -> None:
+        self.model: nn.Module = (_copy.deepcopy(model) if copy else model).eval()
+
+    @classmethod
+    @abstractmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """Whether this adapter is meant for ``model`` (by type; never raises)."""
+
+    @abstractmethod
+    def describe(self) -> Description:
+        """Config, input size, variant and profile; raises :class:`Unsupported`."""
+
+    @abstractmethod
+    def to_spec(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Library-named tensors (parameters or their gradients) -> spec keys (strict)."""
+
+    @abstractmethod
+    def links(self) -> list[tuple[str, tuple[str, ...]]]:
+        """``(library parameter name, spec keys it feeds)`` for every library parameter."""
+
+    @abstractmethod
+    def capture_points(self) -> dict[str, CapturePoint]:
+        """Stage (and sub-op) name -> hook on ``self.model``."""
+
+    @abstractmethod
+    def run(self, x: Tensor) -> Tensor:
+        """Logits of ``self.model`` for a batch ``(B, C, H, W)`` (pooled vector when ``has_head=False``)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__})"
+
+
+class RuleAdapter(Adapter):
+    """An adapter whose tensor map is a list of :class:`Rule` s (every built-in one, and custom ones).
+
+    Subclasses implement :meth:`key_map` (and may add constants in :meth:`synthetic`);
+    ``to_spec`` and ``links`` follow. The description and the rules are computed once.
+    """
+
+    _desc: Description | None = None
+    _rules: list[Rule] | None = None
+
+    @abstractmethod
+    def key_map(self) -> list[Rule]:
+        """One :class:`Rule` per library parameter (``named_parameters`` names)."""
+
+    def synthetic(self, like: Tensor) -> dict[str, Tensor]:
+        """Spec keys with no library counterpart (``Description.synthetic``), as ``like``'s dtype/device."""
+        return {}
+
+    def description(self) -> Description:
+        """:meth:`describe`, cached."""
+        if self._desc is None:
+            self._desc = self.describe()
+        return self._desc
+
+    def rules(self) -> list[Rule]:
+        """:meth:`key_map`, cached, and checked against the spec keys the description implies."""
+        if self._rules is None:
+            rules = self.key_map()
+            desc = self.description()
+            made = [k for r in rules for k in r.targets] + list(desc.synthetic)
+            want = spec_keys(desc)
+            if sorted(made) != sorted(want):  # an adapter bug: say exactly what is off
+                raise AssertionError(
+                    f"{type(self).__name__}.key_map does not cover the spec keys: "
+                    f"missing {sorted(set(want) - set(made))}, extra {sorted(set(made) - set(want))}, "
+                    f"duplicated {sorted({k for k in made if made.count(k) > 1})}"
+                )
+            self._rules = rules
+        return self._rules
+
+    def to_spec(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        desc = self.description()
+        out = apply_rules(self.rules(), tensors, library=self.name)
+        if desc.synthetic:
+            like = next(iter(out.values()))
+            out.update(self.synthetic(like))
+        return {k: out[k] for k in spec_keys(desc)}  # canonical order
+
+    def links(self) -> list[tuple[str, tuple[str, ...]]]:
+        return [(r.source, r.targets) for r in self.rules()]
+
+    def ignored(self) -> list[tuple[str, str]]:
+        """``(library parameter, why it is not compared)`` for the parameters deliberately left out."""
+        return [(r.source, r.note) for r in self.rules() if r.ignored]

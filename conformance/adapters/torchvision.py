@@ -1,0 +1,240 @@
+"""torchvision ``VisionTransformer`` (read against torchvision 0.29.1, ``models/vision_transformer.py``).
+
+Quirks this adapter handles:
+
+- Patch embedding ``conv_proj`` (a Conv2d, or a ``Sequential`` conv stem with
+  ``conv_stem_configs``, which the spec cannot express); its output ``(B, D, h, w)`` is
+  reshaped and permuted to ``(B, h*w, D)`` in ``_process_input``, not in a module, so the
+  ``patch_embed`` capture transforms the conv output.
+- ``class_token [1, 1, D]`` is always there; ``encoder.pos_embedding [1, T+1, D]`` is added
+  inside ``Encoder.forward`` and followed by ``encoder.dropout`` (the ``pos_embed`` capture).
+- ``EncoderBlock`` is pre-norm (``ln_1``/``ln_2``, eps 1e-6 by default) with
+  ``nn.MultiheadAttention(batch_first=True)``: fused ``in_proj_weight [3D, D]`` with rows
+  ``[q; k; v]`` plus ``in_proj_bias``, and ``out_proj``. Its forward returns
+  ``(output, weights)``; the ``attn`` capture takes element 0. In eval mode PyTorch may take the
+  fused "fast path" kernel; that is the attention as shipped.
+- ``MLPBlock`` is ``Sequential(Linear, GELU, Dropout, Linear, Dropout)`` (``mlp.0``/``mlp.3``).
+- ``encoder.ln`` is the final norm over all tokens; ``heads`` is ``Sequential(head=Linear)``, or
+  ``pre_logits + Tanh + head`` with ``representation_size`` (not expressible). The pooled
+  vector (token 0) is the input of ``heads``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from vitspec.config import ViTConfig
+from vitspec.profiles import PROFILES
+
+from .base import (
+    SUB_OPS,
+    CapturePoint,
+    Description,
+    Rule,
+    RuleAdapter,
+    Unsupported,
+    activation_kind,
+    as_vector,
+    check_layer_norm,
+    check_linear,
+    conv_geometry,
+    copy,
+    find_base,
+    flatten_grid,
+    fused_qkv_rules,
+    linear_rules,
+    norm_rules,
+    overridden,
+    raise_unsupported,
+    squeeze_to,
+    take0,
+)
+
+__all__ = ["TorchvisionAdapter"]
+
+_MOD = "torchvision.models.vision_transformer"
+_FORWARD_METHODS = ("forward", "_process_input")
+
+
+def _is(m: Any, qualname: str) -> bool:
+    return (type(m).__module__, type(m).__qualname__) == (_MOD, qualname)
+
+
+class TorchvisionAdapter(RuleAdapter):
+    """``torchvision.models.VisionTransformer`` (``vit_b_16`` ... ``vit_h_14``)."""
+
+    name: ClassVar[str] = "torchvision"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return find_base(model, _MOD, "VisionTransformer") is not None
+
+    def _layers(self) -> list[tuple[str, Any]]:
+        return list(self.model.encoder.layers.named_children())  # type: ignore[union-attr]
+
+    def describe(self) -> Description:
+        m: Any = self.model
+        bad: list[str] = []
+        base = find_base(m, _MOD, "VisionTransformer")
+        assert base is not None
+        if type(m) is not base and (redefined := overridden(m, base, _FORWARD_METHODS)):
+            bad.append(f"{type(m).__name__} redefines {', '.join(redefined)}")
+        if not isinstance(m.conv_proj, nn.Conv2d):
+            bad.append(f"conv stem (conv_proj is {type(m.conv_proj).__name__}, conv_stem_configs)")
+        heads_seq = m.heads
+        names = [n for n, _ in heads_seq.named_children()]
+        if names != ["head"]:
+            extra = "pre_logits + tanh, representation_size" if "pre_logits" in names else ", ".join(names)
+            bad.append(f"heads has layers before the classifier ({extra})")
+        elif not (isinstance(heads_seq.head, nn.Linear) and heads_seq.head.bias is not None):
+            bad.append(f"heads.head is {type(heads_seq.head).__name__}, not nn.Linear with bias")
+        if not _is(m.encoder, "Encoder"):
+            bad.append(f"encoder is {type(m.encoder).__name__} (only torchvision Encoder)")
+        self._fail(bad)
+        e, in_c, ph, pw, stride, padding = conv_geometry(m.conv_proj, "conv_proj", self.name)
+        layers = self._layers()
+        heads, hidden = self._check_layers(layers, e, bad)
+        try:
+            check_layer_norm(m.encoder.ln, "encoder.ln", e, self.name)
+        except Unsupported as err:
+            bad.append(err.reason)
+        self._fail(bad)
+        if layers:
+            l0 = layers[0][1]
+            eps = float(l0.ln_1.eps)  # FIRST block only: later layers must differ visibly, numerically
+            act = activation_kind(l0.mlp[1], f"encoder.layers.{layers[0][0]}.mlp.1", self.name)
+            qkv_bias = l0.self_attention.in_proj_bias is not None
+            out_bias = l0.self_attention.out_proj.bias is not None
+        else:
+            p0 = PROFILES["torchvision"]
+            eps, act, qkv_bias, out_bias = float(m.encoder.ln.eps), p0.activation, p0.qkv_bias, p0.out_bias
+        profile = PROFILES["torchvision"].replace(ln_eps=eps, activation=act, qkv_bias=qkv_bias, out_bias=out_bias)
+        cfg = ViTConfig(ph, pw, stride, padding, e, hidden, heads, len(layers), m.heads.head.out_features)
+        size = int(m.image_size)
+        return Description(
+            library=self.name,
+            model_name=type(m).__name__ if type(m) is not base else _guess_name(m),
+            cfg=cfg,
+            in_c=in_c,
+            in_h=size,
+            in_w=size,
+            variant="cls",
+            profile=profile,
+            notes=("attention as shipped: nn.MultiheadAttention (may use the fused fast path in eval)",),
+        )
+
+    def _fail(self, problems: list[str]) -> None:
+        raise_unsupported(problems, self.name)
+
+    def _check_layers(self, layers: list[tuple[str, Any]], e: int, bad: list[str]) -> tuple[int, int]:
+        heads = layers[0][1].self_attention.num_heads if layers else 1
+        hidden = layers[0][1].mlp[0].out_features if layers else 1
+        for name, blk in layers:
+            w = f"encoder.layers.{name}"
+            if not _is(blk, "EncoderBlock"):
+                bad.append(f"{w} is {type(blk).__name__} (only torchvision EncoderBlock)")
+                continue
+            for n in ("ln_1", "ln_2"):
+                try:
+                    check_layer_norm(getattr(blk, n), f"{w}.{n}", e, self.name)
+                except Unsupported as err:
+                    bad.append(err.reason)
+            a = blk.self_attention
+            if type(a) is not nn.MultiheadAttention:
+                bad.append(f"{w}.self_attention is {type(a).__name__}, not nn.MultiheadAttention")
+            else:
+                if not a._qkv_same_embed_dim:
+                    bad.append(f"{w}.self_attention: separate kdim/vdim projections")
+                if a.bias_k is not None or a.bias_v is not None:
+                    bad.append(f"{w}.self_attention: add_bias_kv (extra key/value tokens)")
+                if a.add_zero_attn:
+                    bad.append(f"{w}.self_attention: add_zero_attn")
+                if not a.batch_first:
+                    bad.append(f"{w}.self_attention: batch_first=False (attends over the batch axis)")
+                if a.num_heads != heads:
+                    bad.append(f"{w}.self_attention: {a.num_heads} heads (layer 0 has {heads})")
+                if (a.in_proj_bias is None) != (a.out_proj.bias is None):
+                    bad.append(f"{w}.self_attention: in_proj and out_proj biases disagree")
+            mlp = blk.mlp
+            kinds = [type(x) for x in mlp] if isinstance(mlp, nn.Sequential) else []
+            if len(kinds) != 5 or not (isinstance(mlp[0], nn.Linear) and isinstance(mlp[3], nn.Linear)):
+                bad.append(f"{w}.mlp is not Linear-act-Dropout-Linear-Dropout")
+                continue
+            if not (isinstance(mlp[2], nn.Dropout) and isinstance(mlp[4], nn.Dropout)):
+                bad.append(f"{w}.mlp: unexpected layers {[k.__name__ for k in kinds]}")
+            for j in (0, 3):
+                try:
+                    check_linear(mlp[j], f"{w}.mlp.{j}", self.name)
+                except Unsupported as err:
+                    bad.append(err.reason)
+            if mlp[0].out_features != hidden:
+                bad.append(f"{w}.mlp: hidden width {mlp[0].out_features} (layer 0 has {hidden})")
+        return heads, hidden
+
+    def key_map(self) -> list[Rule]:
+        d = self.description()
+        c, p = d.cfg, d.profile
+        e, f, a = c.embed_dim, c.hidden_dim, c.head_count * c.head_dim
+        tokens = c.tokens(d.in_h, d.in_w) + 1
+        rules = [
+            Rule("conv_proj.weight", ("patch_kernel",), (e, d.in_c, c.patch_h, c.patch_w)),
+            Rule("conv_proj.bias", ("patch_bias",), (e,)),
+            Rule("class_token", ("cls_token",), (1, 1, e), as_vector),
+            Rule("encoder.pos_embedding", ("pos",), (1, tokens, e), squeeze_to(tokens, e)),
+        ]
+        for i, (name, _) in enumerate(self._layers()):
+            b, s = f"encoder.layers.{name}", f"encoder.{i}"
+            rules += norm_rules(f"{b}.ln_1", f"{s}.norm1", e)
+            rules += fused_qkv_rules(f"{b}.self_attention.in_proj_", i, a, e, bias=p.qkv_bias)
+            bo = f"{s}.mha.bo" if p.out_bias else None
+            rules += linear_rules(f"{b}.self_attention.out_proj", f"{s}.mha.Wo", bo, e, a)
+            rules += norm_rules(f"{b}.ln_2", f"{s}.norm2", e)
+            rules += linear_rules(f"{b}.mlp.0", f"{s}.ffn.W1", f"{s}.ffn.b1", f, e)
+            rules += linear_rules(f"{b}.mlp.3", f"{s}.ffn.W2", f"{s}.ffn.b2", e, f)
+        rules += norm_rules("encoder.ln", "final_norm", e)
+        rules += [
+            Rule("heads.head.weight", ("head_W",), (c.num_classes, e), copy),
+            Rule("heads.head.bias", ("head_b",), (c.num_classes,), copy),
+        ]
+        return rules
+
+    def capture_points(self) -> dict[str, CapturePoint]:
+        self.description()
+        m: Any = self.model
+        pts = {
+            "patch_embed": CapturePoint(m.conv_proj, "output", flatten_grid),
+            "pos_embed": CapturePoint(m.encoder.dropout),
+        }
+        for i, (_, blk) in enumerate(self._layers()):
+            subs = {
+                "norm1": CapturePoint(blk.ln_1),
+                "attn": CapturePoint(blk.self_attention, "output", take0),
+                "norm2": CapturePoint(blk.ln_2),
+                "mlp": CapturePoint(blk.mlp),
+            }
+            pts.update({f"blocks.{i}.{s}": subs[s] for s in SUB_OPS})
+            pts[f"blocks.{i}"] = CapturePoint(blk)
+        pts["final_norm"] = CapturePoint(m.encoder.ln)
+        pts["pool"] = CapturePoint(m.heads, "input")
+        pts["head"] = CapturePoint(m.heads)
+        return pts
+
+    def run(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+# torchvision builders: (patch, layers, hidden) -> name; models carry no name of their own.
+_BUILDERS = {
+    (16, 12, 768): "vit_b_16",
+    (32, 12, 768): "vit_b_32",
+    (16, 24, 1024): "vit_l_16",
+    (32, 24, 1024): "vit_l_32",
+    (14, 32, 1280): "vit_h_14",
+}
+
+
+def _guess_name(m: Any) -> str:
+    key = (int(m.patch_size), len(m.encoder.layers), int(m.hidden_dim))
+    return _BUILDERS.get(key, "VisionTransformer")

@@ -1,0 +1,332 @@
+"""lucidrains ``vit_pytorch.ViT`` (read against vit-pytorch 1.26.11, ``vit_pytorch/vit.py``; einops 0.8.2).
+
+Quirks this adapter handles:
+
+- Patch embedding is ``Sequential(Rearrange('b c (h p1) (w p2) -> b (h w) (p1 p2 c)'),
+  LayerNorm(patch_dim), Linear(patch_dim, dim), LayerNorm(dim))``: the spec's ``linear_ln``
+  patch embedding. Patch vectors are flattened ``(p1 p2 c)`` (channels last); the spec flattens
+  like its conv kernel, ``(c p1 p2)``. So the Linear weight ``(dim, p1*p2*c)`` becomes
+  ``patch_kernel (dim, c, p1, p2)`` and the first LayerNorm's ``(p1*p2*c,)`` gamma/beta become
+  ``(c, p1, p2)``, by the same permutation (LayerNorm statistics do not depend on the order).
+- The image size is not stored: the grid is inferred as square from the position table
+  (``input_hw=(H, W)`` overrides it for non-square images). ``channels`` is ``patch_dim / (p1*p2)``.
+- ``cls_token`` is ``(1, dim)`` for ``pool='cls'`` and ``(0, dim)`` (empty, accounted for) for
+  ``pool='mean'``; ``pos_embedding`` is ``(T + n_cls, dim)`` without a batch axis. Older releases
+  used ``[1, 1, dim]`` / ``[1, T+1, dim]`` and kept the class token with ``pool='mean'`` (a mean over
+  all tokens, class token included: ``pooling='mean_all'``); shapes are read, not assumed.
+- ``Attention`` holds its own pre-norm ``norm``; ``to_qkv`` is a fused Linear ``[q; k; v]``
+  **without bias**; ``to_out = Sequential(Linear, Dropout)`` (Identity when ``heads == 1 and
+  dim_head == dim``: no output projection, not expressible). ``inner_dim = heads * dim_head`` may
+  differ from ``dim``; the spec's per-head width is ``dim // heads``, so ``dim_head * heads`` must
+  equal ``dim``.
+- ``FeedForward.net = Sequential(LayerNorm, Linear, GELU, Dropout, Linear, Dropout)``: its output is
+  the FFN output (``mlp``), ``net.0`` is the block's second LayerNorm (``norm2``).
+- A layer is ``ModuleList([Attention, FeedForward])`` with the residual sums done in
+  ``Transformer.forward``: there is no module whose output is the layer output, so ``blocks.{i}``
+  is captured as the *input* of the next layer's ``Attention`` (the last one: the input of
+  ``transformer.norm``, the final norm).
+- LayerNorm eps is PyTorch's default 1e-5; ``mlp_head`` is a plain Linear (``None`` when
+  ``num_classes=0``: the forward then returns every token, not expressible).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from vitspec.config import ViTConfig
+from vitspec.profiles import PROFILES, Pooling
+
+from .base import (
+    SUB_OPS,
+    CapturePoint,
+    Description,
+    Rule,
+    RuleAdapter,
+    Unsupported,
+    activation_kind,
+    as_vector,
+    check_layer_norm,
+    check_linear,
+    copy,
+    find_base,
+    fused_qkv_rules,
+    linear_rules,
+    norm_rules,
+    overridden,
+    raise_unsupported,
+    squeeze_to,
+)
+
+__all__ = ["VitPytorchAdapter"]
+
+_MOD = "vit_pytorch.vit"
+_PATTERN = "b c (h p1) (w p2) -> b (h w) (p1 p2 c)"
+
+
+def _is(m: Any, qualname: str) -> bool:
+    return (type(m).__module__, type(m).__qualname__) == (_MOD, qualname)
+
+
+def _kernel_from_linear(e: int, ph: int, pw: int, c: int) -> Callable[[Tensor], tuple[Tensor, ...]]:
+    """Linear weight ``(e, p1*p2*c)`` -> conv-layout ``(e, c, p1, p2)``."""
+
+    def fn(t: Tensor) -> tuple[Tensor, ...]:
+        return (t.reshape(e, ph, pw, c).permute(0, 3, 1, 2),)
+
+    fn.__name__ = "p1p2c_to_cp1p2_kernel"
+    return fn
+
+
+def _patch_vector(ph: int, pw: int, c: int) -> Callable[[Tensor], tuple[Tensor, ...]]:
+    """LayerNorm gamma/beta ``(p1*p2*c,)`` -> ``(c, p1, p2)``."""
+
+    def fn(t: Tensor) -> tuple[Tensor, ...]:
+        return (t.reshape(ph, pw, c).permute(2, 0, 1),)
+
+    fn.__name__ = "p1p2c_to_cp1p2"
+    return fn
+
+
+class VitPytorchAdapter(RuleAdapter):
+    """``vit_pytorch.ViT`` (``pool='cls'`` or ``'mean'``)."""
+
+    name: ClassVar[str] = "vit_pytorch"
+
+    def __init__(self, model: nn.Module, *, copy: bool = True, input_hw: tuple[int, int] | None = None) -> None:
+        super().__init__(model, copy=copy)
+        self.input_hw = input_hw
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return find_base(model, _MOD, "ViT") is not None
+
+    def _fail(self, problems: list[str]) -> None:
+        raise_unsupported(problems, self.name)
+
+    def describe(self) -> Description:
+        m: Any = self.model
+        bad: list[str] = []
+        base = find_base(m, _MOD, "ViT")
+        assert base is not None
+        if type(m) is not base and (redefined := overridden(m, base, ("forward",))):
+            bad.append(f"{type(m).__name__} redefines {', '.join(redefined)}")
+        # Patch embedding: Rearrange, LayerNorm(patch_dim), Linear(patch_dim, dim), LayerNorm(dim).
+        pe = m.to_patch_embedding
+        if not (isinstance(pe, nn.Sequential) and len(pe) == 4):
+            self._fail([f"to_patch_embedding is not Rearrange-LayerNorm-Linear-LayerNorm ({type(pe).__name__})"])
+        rearr, ln_in, lin, ln_out = pe
+        pattern = " ".join(str(getattr(rearr, "pattern", "")).split())
+        if type(rearr).__name__ != "Rearrange" or pattern != _PATTERN:
+            self._fail(
+                [f"to_patch_embedding.0 is not Rearrange({_PATTERN!r}) (got {pattern or type(rearr).__name__!r})"]
+            )
+        ph, pw = int(rearr.axes_lengths["p1"]), int(rearr.axes_lengths["p2"])
+        if ph != pw:
+            bad.append(f"non-square patches {ph}x{pw} (the spec's linear_ln patch embedding steps by one stride)")
+        try:
+            check_linear(lin, "to_patch_embedding.2", self.name)
+        except Unsupported as err:
+            self._fail([err.reason])
+        e, patch_dim = lin.out_features, lin.in_features
+        if patch_dim % (ph * pw):
+            self._fail([f"patch_dim {patch_dim} is not channels * {ph} * {pw}"])
+        in_c = patch_dim // (ph * pw)
+        for what, ln, dim in (("to_patch_embedding.1", ln_in, patch_dim), ("to_patch_embedding.3", ln_out, e)):
+            try:
+                check_layer_norm(ln, what, dim, self.name)
+            except Unsupported as err:
+                bad.append(err.reason)
+        # Tokens.
+        n_cls = m.cls_token.numel() // e if m.cls_token.shape[-1] == e else -1
+        if n_cls not in (0, 1):
+            bad.append(f"class-token table of shape {tuple(m.cls_token.shape)} (0 or 1 class token)")
+        rows = m.pos_embedding.numel() // e if m.pos_embedding.shape[-1] == e else 0
+        patches = rows - max(n_cls, 0)
+        if self.input_hw is not None:
+            in_h, in_w = self.input_hw
+            inferred = False
+        else:
+            side = math.isqrt(max(patches, 0))
+            if side * side != patches or patches <= 0:
+                self._fail([*bad, f"cannot infer the image size from {patches} patches (pass input_hw=(H, W))"])
+            in_h, in_w, inferred = side * ph, side * pw, True
+        if (in_h // ph) * (in_w // pw) != patches or in_h % ph or in_w % pw:
+            bad.append(f"input {in_h}x{in_w} does not give the {patches} patches of the position table")
+        pool = getattr(m, "pool", None)
+        pooling: Pooling
+        if pool == "cls" and n_cls == 1:
+            pooling = "token"
+        elif pool == "mean":
+            pooling = "mean_all" if n_cls == 1 else "mean"
+        else:
+            bad.append(f"pool={pool!r} with {n_cls} class tokens (spec pooling: cls or mean)")
+            pooling = "token"
+        if not isinstance(getattr(m, "to_latent", nn.Identity()), nn.Identity):
+            bad.append(f"to_latent is {type(m.to_latent).__name__}, not Identity")
+        head = getattr(m, "mlp_head", None)
+        if head is None:
+            bad.append("no mlp_head (num_classes=0: the forward returns every token)")
+        elif not (isinstance(head, nn.Linear) and head.bias is not None):
+            bad.append(f"mlp_head is {type(head).__name__}, not nn.Linear with bias")
+        tr = m.transformer
+        if not _is(tr, "Transformer"):
+            self._fail([*bad, f"transformer is {type(tr).__name__} (only vit_pytorch.vit.Transformer)"])
+        layers = list(tr.layers)
+        heads, hidden = self._check_layers(layers, e, bad)
+        try:
+            check_layer_norm(tr.norm, "transformer.norm", e, self.name)
+        except Unsupported as err:
+            bad.append(err.reason)
+        self._fail(bad)
+        if layers:
+            attn0, ff0 = layers[0]
+            eps = float(attn0.norm.eps)  # FIRST block's first LayerNorm only (see module docs)
+            act = activation_kind(ff0.net[2], "transformer.layers.0.1.net.2", self.name)
+            qkv_bias, out_bias = attn0.to_qkv.bias is not None, attn0.to_out[0].bias is not None
+        else:
+            p0 = PROFILES["lucidrains"]
+            eps, act, qkv_bias, out_bias = float(tr.norm.eps), p0.activation, p0.qkv_bias, p0.out_bias
+        profile = PROFILES["lucidrains"].replace(
+            ln_eps=eps,
+            activation=act,
+            qkv_bias=qkv_bias,
+            out_bias=out_bias,
+            pooling=pooling,
+            source=f"vit_pytorch.ViT (pool={pool!r})",
+        )
+        cfg = ViTConfig(ph, pw, ph, 0, e, hidden, heads, len(layers), m.mlp_head.out_features)
+        notes = []
+        if inferred:
+            notes.append(f"input size inferred as a square {in_h}x{in_w} from the {patches}-row position table")
+        if n_cls == 0:
+            notes.append("cls_token is the empty (0, dim) table of pool='mean'")
+        return Description(
+            library=self.name,
+            model_name=f"vit_pytorch.ViT(pool={pool!r})",
+            cfg=cfg,
+            in_c=in_c,
+            in_h=in_h,
+            in_w=in_w,
+            variant="cls" if n_cls == 1 else "mean",
+            profile=profile,
+            notes=tuple(notes),
+        )
+
+    def _check_layers(self, layers: list[Any], e: int, bad: list[str]) -> tuple[int, int]:
+        heads, hidden = 1, 1
+        for i, layer in enumerate(layers):
+            w = f"transformer.layers.{i}"
+            if not (isinstance(layer, nn.ModuleList) and len(layer) == 2):
+                bad.append(f"{w} is not ModuleList([Attention, FeedForward])")
+                continue
+            attn: Any = layer[0]
+            ff: Any = layer[1]
+            if not _is(attn, "Attention"):
+                bad.append(f"{w}.0 is {type(attn).__name__} (only vit_pytorch Attention; PreNorm-era layouts differ)")
+            else:
+                if i == 0:
+                    heads = attn.heads
+                try:
+                    check_layer_norm(attn.norm, f"{w}.0.norm", e, self.name)
+                    check_linear(attn.to_qkv, f"{w}.0.to_qkv", self.name, bias=None)
+                except Unsupported as err:
+                    bad.append(err.reason)
+                inner = attn.to_qkv.out_features // 3
+                dim_head = inner // attn.heads if attn.heads else 0
+                if attn.heads != heads:
+                    bad.append(f"{w}.0: {attn.heads} heads (layer 0 has {heads})")
+                if dim_head * attn.heads != e:
+                    bad.append(
+                        f"{w}.0: dim_head * heads = {dim_head} * {attn.heads} != dim {e} (spec head width: dim//heads)"
+                    )
+                if isinstance(attn.to_out, nn.Identity):
+                    bad.append(f"{w}.0: no output projection (heads == 1 and dim_head == dim)")
+                else:
+                    try:
+                        check_linear(attn.to_out[0], f"{w}.0.to_out.0", self.name, bias=None)
+                    except Unsupported as err:
+                        bad.append(err.reason)
+            net: Any = getattr(ff, "net", None)
+            if not _is(ff, "FeedForward") or not (isinstance(net, nn.Sequential) and len(net) == 6):
+                bad.append(f"{w}.1 is not FeedForward(LayerNorm, Linear, act, Dropout, Linear, Dropout)")
+                continue
+            try:
+                check_layer_norm(net[0], f"{w}.1.net.0", e, self.name)
+                check_linear(net[1], f"{w}.1.net.1", self.name)
+                check_linear(net[4], f"{w}.1.net.4", self.name)
+            except Unsupported as err:
+                bad.append(err.reason)
+                continue
+            width = int(getattr(net[1], "out_features", 0))
+            if i == 0:
+                hidden = width
+            elif width != hidden:
+                bad.append(f"{w}.1: hidden width {width} (layer 0 has {hidden})")
+        return heads, hidden
+
+    def key_map(self) -> list[Rule]:
+        d = self.description()
+        c, p = d.cfg, d.profile
+        e, f, a, ph, pw, ch = c.embed_dim, c.hidden_dim, c.head_count * c.head_dim, c.patch_h, c.patch_w, d.in_c
+        m: Any = self.model
+        n_cls = 1 if d.variant == "cls" else 0
+        tokens = c.tokens(d.in_h, d.in_w) + n_cls
+        pd = ch * ph * pw
+        pe = "to_patch_embedding"
+        rules = [
+            Rule(f"{pe}.1.weight", ("patch_norm_in_gamma",), (pd,), _patch_vector(ph, pw, ch)),
+            Rule(f"{pe}.1.bias", ("patch_norm_in_beta",), (pd,), _patch_vector(ph, pw, ch)),
+            Rule(f"{pe}.2.weight", ("patch_kernel",), (e, pd), _kernel_from_linear(e, ph, pw, ch)),
+            Rule(f"{pe}.2.bias", ("patch_bias",), (e,), copy),
+            Rule(f"{pe}.3.weight", ("patch_norm_out_gamma",), (e,), copy),
+            Rule(f"{pe}.3.bias", ("patch_norm_out_beta",), (e,), copy),
+        ]
+        cls_shape = tuple(m.cls_token.shape)
+        if n_cls:
+            rules.append(Rule("cls_token", ("cls_token",), cls_shape, as_vector))
+        else:
+            rules.append(Rule.ignore("cls_token", cls_shape, "empty class-token table of pool='mean'"))
+        rules.append(Rule("pos_embedding", ("pos",), tuple(m.pos_embedding.shape), squeeze_to(tokens, e)))
+        for i in range(c.num_layers):
+            b, s = f"transformer.layers.{i}", f"encoder.{i}"
+            rules += norm_rules(f"{b}.0.norm", f"{s}.norm1", e)
+            rules += fused_qkv_rules(f"{b}.0.to_qkv.", i, a, e, bias=p.qkv_bias)
+            rules += linear_rules(f"{b}.0.to_out.0", f"{s}.mha.Wo", f"{s}.mha.bo" if p.out_bias else None, e, a)
+            rules += norm_rules(f"{b}.1.net.0", f"{s}.norm2", e)
+            rules += linear_rules(f"{b}.1.net.1", f"{s}.ffn.W1", f"{s}.ffn.b1", f, e)
+            rules += linear_rules(f"{b}.1.net.4", f"{s}.ffn.W2", f"{s}.ffn.b2", e, f)
+        rules += norm_rules("transformer.norm", "final_norm", e)
+        rules += [
+            Rule("mlp_head.weight", ("head_W",), (c.num_classes, e), copy),
+            Rule("mlp_head.bias", ("head_b",), (c.num_classes,), copy),
+        ]
+        return rules
+
+    def capture_points(self) -> dict[str, CapturePoint]:
+        self.description()
+        m: Any = self.model
+        tr = m.transformer
+        layers = list(tr.layers)
+        pts = {"patch_embed": CapturePoint(m.to_patch_embedding), "pos_embed": CapturePoint(m.dropout)}
+        for i, (attn, ff) in enumerate(layers):
+            subs = {
+                "norm1": CapturePoint(attn.norm),
+                "attn": CapturePoint(attn),
+                "norm2": CapturePoint(ff.net[0]),
+                "mlp": CapturePoint(ff),
+            }
+            pts.update({f"blocks.{i}.{s}": subs[s] for s in SUB_OPS})
+            # The residual sum has no module: it is what the next layer (or the final norm) receives.
+            nxt = layers[i + 1][0] if i + 1 < len(layers) else tr.norm
+            pts[f"blocks.{i}"] = CapturePoint(nxt, "input")
+        pts["final_norm"] = CapturePoint(tr.norm)
+        pts["pool"] = CapturePoint(m.mlp_head, "input")
+        pts["head"] = CapturePoint(m.mlp_head)
+        return pts
+
+    def run(self, x: Tensor) -> Tensor:
+        return self.model(x)
