@@ -113,7 +113,7 @@ def train_digits(
                 loss.backward()  # runs SpecViTFunction.backward, i.e. the explicit spec backward
                 opt.step()
                 sched.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 n += len(idx)
             loss_mean = total / n
             if bar is not None:
