@@ -37,6 +37,10 @@ from hypothesis import settings
 
 from vitspec import shape_checks, shape_checks_enabled
 
+# One torch thread per pytest-xdist worker: the suite runs `-n 2` on 2 cores, and tiny-tensor
+# tests run several times slower when each worker also spawns an intra-op thread pool.
+torch.set_num_threads(1)
+
 settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

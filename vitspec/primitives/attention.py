@@ -107,12 +107,14 @@ def _mha_backward_core(
     d_scores = softmax_backward(probs, d_probs) * scale
     dq = d_scores @ k
     dk = d_scores.transpose(-1, -2) @ q
-    dx = x.new_zeros(x.shape)
+    dx: Tensor | None = None
     for name, w, dproj in (("q", wq, dq), ("k", wk, dk), ("v", wv, dv)):
         dm = _merge(dproj)
         grads[f"dW{name}"] = flat2(x).T @ flat2(dm)
         grads[f"db{name}"] = flat2(dm).sum(0)
-        dx = dx + dm @ w.T
+        # Accumulate in place into the first product (a fresh tensor) instead of adding to zeros.
+        dx = dm @ w.T if dx is None else dx.add_(dm @ w.T)
+    assert dx is not None
     return dx, grads
 
 

@@ -5,11 +5,13 @@ cross-correlation with zero padding, ``out[e, i, j] = b[e] + Σ_{c,u,v} K[e,c,u,
 x_pad[c, i*stride + u, j*stride + v]``. The backward is written with im2col:
 ``unfold`` gathers the receptive fields as columns, so the kernel gradient is one
 matrix product and the input gradient is the adjoint gather ``fold`` (which sums
-where patches overlap, i.e. when stride < patch).
+where patches overlap, i.e. when stride < patch). Non-overlapping patches (the usual
+ViT case) skip im2col: a reshape/permute gathers the same columns.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -34,6 +36,32 @@ def _cols(x: Tensor, kh: int, kw: int, stride: int, padding: int) -> Tensor:
     return F.unfold(x, (kh, kw), padding=padding, stride=stride)  # (B, C*kh*kw, L)
 
 
+def _is_patchify(kh: int, kw: int, stride: int, padding: int) -> bool:
+    """Non-overlapping, gapless patches: each input pixel is in at most one receptive field."""
+    return stride == kh and stride == kw and padding == 0
+
+
+def _patch_rows(x: Tensor, kh: int, kw: int, oh: int, ow: int) -> Tensor:
+    """``(B, C, H, W) -> (B*L, C*kh*kw)``: the receptive fields of a patchify conv as rows.
+
+    The same values as ``unfold(...).transpose(1, 2)`` (row ``b*L + i*ow + j``, column
+    ``c*kh*kw + u*kw + v``), gathered by one reshape/permute copy instead of im2col.
+    Rows and columns past ``oh*kh`` / ``ow*kw`` belong to no patch and are dropped.
+    """
+    b, c = x.shape[:2]
+    xc = x[:, :, : oh * kh, : ow * kw].reshape(b, c, oh, kh, ow, kw)
+    return xc.permute(0, 2, 4, 1, 3, 5).reshape(b * oh * ow, c * kh * kw)
+
+
+def _patch_rows_adjoint(rows: Tensor, shape: torch.Size, kh: int, kw: int, oh: int, ow: int) -> Tensor:
+    """Adjoint of :func:`_patch_rows`: scatter ``(B*L, C*kh*kw)`` back to ``shape = (B, C, H, W)`` (zeros elsewhere)."""
+    b, c, h, w = shape
+    img = rows.reshape(b, oh, ow, c, kh, kw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, oh * kh, ow * kw)
+    if (oh * kh, ow * kw) != (h, w):
+        img = F.pad(img, (0, w - ow * kw, 0, h - oh * kh))
+    return img
+
+
 @checked
 def conv2d_backward(
     x: Float[Tensor, "*batch channels in_h in_w"],
@@ -41,19 +69,38 @@ def conv2d_backward(
     d_out: Float[Tensor, "*batch embed_dim out_h out_w"],
     stride: int,
     padding: int,
+    need_dx: bool = True,
 ) -> tuple[
     Float[Tensor, "embed_dim channels patch_h patch_w"],
     Float[Tensor, " embed_dim"],
-    Float[Tensor, "*batch channels in_h in_w"],
+    Float[Tensor, "*batch channels in_h in_w"] | None,
 ]:
-    """``(d_patch_kernel, d_patch_bias, d_x)``; kernel and bias gradients summed over the batch."""
+    """``(d_patch_kernel, d_patch_bias, d_x)``; kernel and bias gradients summed over the batch.
+
+    ``d_x`` is ``None`` when ``need_dx`` is false (its cost, a GEMM and a fold, is then saved).
+    Non-overlapping patches (``stride = patch_h = patch_w``, ``padding = 0``: every ViT preset)
+    gather the receptive fields with a reshape instead of ``unfold``; same values.
+    """
     xb, batch = batched_image(x)
     e, _, kh, kw = kernel.shape
-    dy = d_out.reshape(xb.shape[0], e, -1)  # (B, E, L)
+    n = xb.shape[0]
+    oh, ow = d_out.shape[-2:]
+    w2 = kernel.reshape(e, -1)
+    if _is_patchify(kh, kw, stride, padding):
+        dy = d_out.reshape(n, e, oh * ow).transpose(1, 2).reshape(-1, e)  # (B*L, E)
+        d_kernel = (dy.T @ _patch_rows(xb, kh, kw, oh, ow)).reshape(kernel.shape)
+        d_bias = dy.sum(0)
+        if not need_dx:
+            return d_kernel, d_bias, None
+        dx = _patch_rows_adjoint(dy @ w2, xb.shape, kh, kw, oh, ow)
+        return d_kernel, d_bias, unbatch(dx, batch, 3)
+    dy3 = d_out.reshape(n, e, -1)  # (B, E, L)
     cols = _cols(xb, kh, kw, stride, padding)  # (B, C*kh*kw, L)
-    d_kernel = (dy @ cols.transpose(1, 2)).sum(0).reshape(kernel.shape)
-    d_bias = dy.sum((0, 2))
-    d_cols = kernel.reshape(e, -1).T @ dy  # (B, C*kh*kw, L)
+    d_kernel = (dy3 @ cols.transpose(1, 2)).sum(0).reshape(kernel.shape)
+    d_bias = dy3.sum((0, 2))
+    if not need_dx:
+        return d_kernel, d_bias, None
+    d_cols = w2.T @ dy3  # (B, C*kh*kw, L)
     dx = F.fold(d_cols, xb.shape[-2:], (kh, kw), padding=padding, stride=stride)
     return d_kernel, d_bias, unbatch(dx, batch, 3)
 

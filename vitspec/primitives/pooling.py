@@ -18,7 +18,7 @@ def mean_pool(encoded: Float[Tensor, "*batch tokens embed_dim"], first: int = 0)
 def mean_pool_backward(
     d_pooled: Float[Tensor, "*batch embed_dim"], tokens: int, first: int = 0
 ) -> Float[Tensor, "*batch tokens embed_dim"]:
-    """Broadcast and scale by ``1/n`` (Lean ``scaleSpec (broadcastTo hB d_pooled) (1/tokN)``); rows before ``first`` get 0."""
+    """Broadcast, scale by ``1/n`` (Lean ``scaleSpec (broadcastTo hB d_pooled) (1/tokN)``); rows < ``first`` get 0."""
     n = tokens - first
     shape = (*d_pooled.shape[:-1], tokens, d_pooled.shape[-1])
     d = d_pooled.new_zeros(shape)

@@ -1,0 +1,24 @@
+"""The spec models: ``ViTSpec`` (mean pool), ``ViTClsSpec`` (CLS token), their gradient records
+and the encoder layer they share (see ``docs/architecture.md``)."""
+
+from .encoder import LayerCache, LayerOptions, LayerParams, encoder_layer, encoder_layer_backward
+from .grads import EncoderLayerGrads, FFNGrads, MHAGrads, ViTClsGrads, ViTGrads
+from .vit import MODES, ViTClsSpec, ViTSpec, config_violations, spec_param_shapes
+
+__all__ = [
+    "MODES",
+    "EncoderLayerGrads",
+    "FFNGrads",
+    "LayerCache",
+    "LayerOptions",
+    "LayerParams",
+    "MHAGrads",
+    "ViTClsGrads",
+    "ViTClsSpec",
+    "ViTGrads",
+    "ViTSpec",
+    "config_violations",
+    "encoder_layer",
+    "encoder_layer_backward",
+    "spec_param_shapes",
+]

@@ -1,0 +1,659 @@
+"""``ViTSpec`` (mean pool) and ``ViTClsSpec`` (CLS token): Lean ``NN.Spec.Models.Vit`` in PyTorch.
+
+Both are parameter bundles with a forward built from differentiable torch ops (so
+autograd through :meth:`~_ViTBase.forward` is a reference) and a fully explicit
+:meth:`~_ViTBase.backward` that chains the primitives' backward functions exactly
+as the Lean ``ViTSpec.backward`` does (SPEC §4)::
+
+    head backward -> pool backward -> encoder layers in reverse -> pos backward
+      -> cls backward -> grid_to_tokens backward -> conv2d backward
+
+The third-party numerics of :mod:`vitspec.profiles` (pre-norm, GELU, biases, final /
+head norms, pooling, vit-pytorch's linear patch embedding) are switches on the same
+code; the default profile ``torchlean`` is the spec. See ``docs/architecture.md``
+for the API contract, the state-dict keys and the capture stages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+import torch
+from torch import Tensor
+
+from ..config import ViTConfig
+from ..dims import Dims, bind_dims
+from ..errors import ConfigError, MappingError, ShapeError, Violation
+from ..primitives import (
+    cls_prepend,
+    cls_prepend_backward,
+    conv2d,
+    conv2d_backward,
+    grid_to_tokens,
+    grid_to_tokens_backward,
+    head,
+    head_backward,
+    layer_norm,
+    layer_norm_backward,
+    mean_pool,
+    mean_pool_backward,
+    patch_linear_ln,
+    patch_linear_ln_backward,
+    pos_add,
+    pos_add_backward,
+    token_select,
+    token_select_backward,
+)
+from ..profiles import Profile, get_profile
+from .encoder import LayerCache, LayerOptions, LayerParams, layer_backward, layer_forward, sub_op_names
+from .grads import EncoderLayerGrads, ViTClsGrads, ViTGrads
+
+__all__ = ["MODES", "ViTClsSpec", "ViTSpec", "config_violations", "spec_param_shapes"]
+
+Variant = Literal["mean", "cls"]
+Mode = Literal["cache", "recompute"]
+MODES: tuple[str, ...] = ("cache", "recompute")
+M = TypeVar("M", bound="_ViTBase")
+
+_LAYER_KEYS = ("Wq", "Wk", "Wv", "Wo", "W1", "b1", "W2", "b2", "norm1_gamma", "norm1_beta", "norm2_gamma", "norm2_beta")
+_LAYER_PREFIX = {"Wq": "mha.", "Wk": "mha.", "Wv": "mha.", "Wo": "mha.", "bq": "mha.", "bk": "mha.", "bv": "mha."}
+_LAYER_PREFIX |= {"bo": "mha.", "W1": "ffn.", "b1": "ffn.", "W2": "ffn.", "b2": "ffn."}
+
+
+# -- shapes and well-formedness -------------------------------------------------
+def spec_param_shapes(
+    cfg: ViTConfig, in_c: int, in_h: int, in_w: int, *, variant: Variant = "mean", profile: str | Profile = "torchlean"
+) -> dict[str, tuple[int, ...]]:
+    """Spec state-dict key -> shape, in state-dict order (the table in ``docs/architecture.md``)."""
+    p = get_profile(profile)
+    e, f, c = cfg.embed_dim, cfg.hidden_dim, cfg.num_classes
+    a = cfg.head_count * cfg.head_dim
+    t = cfg.tokens(in_h, in_w) + (1 if variant == "cls" else 0)
+    s: dict[str, tuple[int, ...]] = {"patch_kernel": (e, in_c, cfg.patch_h, cfg.patch_w), "patch_bias": (e,)}
+    if p.patch_embed == "linear_ln":
+        s["patch_norm_in_gamma"] = s["patch_norm_in_beta"] = (in_c, cfg.patch_h, cfg.patch_w)
+        s["patch_norm_out_gamma"] = s["patch_norm_out_beta"] = (e,)
+    if variant == "cls":
+        s["cls_token"] = (e,)
+    s["pos"] = (t, e)
+    for i in range(cfg.num_layers):
+        m, ff = f"encoder.{i}.mha.", f"encoder.{i}.ffn."
+        s[m + "Wq"] = s[m + "Wk"] = s[m + "Wv"] = (e, a)
+        s[m + "Wo"] = (a, e)
+        if p.qkv_bias:
+            s[m + "bq"] = s[m + "bk"] = s[m + "bv"] = (a,)
+        if p.out_bias:
+            s[m + "bo"] = (e,)
+        s[ff + "W1"], s[ff + "b1"], s[ff + "W2"], s[ff + "b2"] = (e, f), (f,), (f, e), (e,)
+        for k in ("norm1_gamma", "norm1_beta", "norm2_gamma", "norm2_beta"):
+            s[f"encoder.{i}.{k}"] = (e,)
+    if p.final_norm != "none":
+        s["final_norm_gamma"] = s["final_norm_beta"] = (e,)
+    if p.head_norm:
+        s["head_norm_gamma"] = s["head_norm_beta"] = (e,)
+    s["head_W"], s["head_b"] = (c, e), (c,)
+    return s
+
+
+def config_violations(
+    cfg: ViTConfig, in_c: int, in_h: int, in_w: int, *, variant: Variant, profile: Profile
+) -> list[Violation]:
+    """``cfg.violations(...)`` plus what the profile demands of the config and variant."""
+    if not isinstance(cfg, ViTConfig):
+        raise ConfigError(f"cfg must be a ViTConfig, got {type(cfg).__name__}")
+    v = cfg.violations(in_c, in_h, in_w, variant=variant, require_heads_divide=profile.require_heads_divide)
+    if profile.patch_embed == "linear_ln" and not (
+        cfg.stride == cfg.patch_h and cfg.stride == cfg.patch_w and cfg.padding == 0
+    ):
+        v.append(
+            Violation(
+                "stride",
+                "extra:linear_ln_patches",
+                "stride == patch_h and stride == patch_w and padding == 0 (non-overlapping patches)",
+                f"stride={cfg.stride}, patch_h={cfg.patch_h}, patch_w={cfg.patch_w}, padding={cfg.padding}",
+                f"profile {profile.name!r} has patch_embed='linear_ln'",
+            )
+        )
+    if variant == "mean" and profile.pooling in ("token", "mean_all"):
+        v.append(
+            Violation(
+                "pooling",
+                "extra:pooling_needs_cls",
+                "pooling None or 'mean' for the mean-pool ViTSpec (it has no CLS token)",
+                repr(profile.pooling),
+                f"profile {profile.name!r}; use ViTClsSpec, or profile.replace(pooling=None)",
+            )
+        )
+    return v
+
+
+# -- the tape one forward leaves for the backward ---------------------------------
+@dataclass
+class _Tape:
+    """Activations a forward keeps for :meth:`_ViTBase._backward_tape` (batched: leading axis B)."""
+
+    mode: Mode
+    x: Tensor  # (B, channels, in_h, in_w)
+    single: bool  # the caller passed one image without a batch axis
+    layer_inputs: list[Tensor] = field(default_factory=list)  # (B, tokens, E) per layer
+    layer_caches: list[LayerCache | None] = field(default_factory=list)  # cache mode only
+    encoded: Tensor | None = None  # last layer's output (B, tokens, E)
+    pooled: Tensor | None = None  # pool output (B, E)
+    head_in: Tensor | None = None  # the vector the head is fed (after an after_pool norm)
+    head_lin_in: Tensor | None = None  # the head Linear's input (after a head norm)
+
+
+class _ViTBase:
+    """Shared implementation of :class:`ViTSpec` and :class:`ViTClsSpec`; see ``docs/architecture.md``."""
+
+    variant: ClassVar[Variant]
+    grads_type: ClassVar[type[ViTGrads]]
+
+    def __init__(
+        self,
+        cfg: ViTConfig,
+        in_c: int,
+        in_h: int,
+        in_w: int,
+        params: Mapping[str, Tensor],
+        *,
+        profile: str | Profile = "torchlean",
+    ) -> None:
+        """Wrap ``params`` (used as given, not copied) after checking config, profile and every tensor.
+
+        Prefer :meth:`init`, :meth:`from_state_dict` or :meth:`load`.
+        """
+        prof = get_profile(profile)
+        v = config_violations(cfg, in_c, in_h, in_w, variant=self.variant, profile=prof)
+        if v:
+            raise ConfigError(v, context=f"{type(self).__name__} with profile {prof.name!r}")
+        shapes = spec_param_shapes(cfg, in_c, in_h, in_w, variant=self.variant, profile=prof)
+        _check_params(params, shapes, what=f"{type(self).__name__} parameters", same_dtype=True)
+        dims = Dims.from_config(cfg, in_c, in_h, in_w, cls_token=self.variant == "cls")
+        self._setup(cfg, in_c, in_h, in_w, prof, dims, {k: params[k] for k in shapes})
+
+    def _setup(
+        self, cfg: ViTConfig, in_c: int, in_h: int, in_w: int, prof: Profile, dims: Dims, params: dict[str, Tensor]
+    ) -> None:
+        self.cfg = cfg
+        self.in_c, self.in_h, self.in_w = in_c, in_h, in_w
+        self.profile = prof
+        self.dims = dims
+        self._params: dict[str, Tensor] = params
+        self._opts = LayerOptions(cfg.head_count, prof.norm_placement, prof.activation, float(prof.ln_eps))
+        self._pool = self._pool_kind()
+
+    def _rebind(self: M, params: Mapping[str, Tensor]) -> M:
+        """The same model over other tensors with this model's keys and shapes (no re-validation of the
+        config; for :class:`vitspec.SpecViT`, which calls this every step)."""
+        if list(params) != list(self._params):
+            raise MappingError("rebind: keys differ from the model's state-dict keys")
+        new = object.__new__(type(self))
+        new._setup(self.cfg, self.in_c, self.in_h, self.in_w, self.profile, self.dims, dict(params))
+        return new
+
+    # -- construction -----------------------------------------------------------
+    @classmethod
+    def init(
+        cls: type[M],
+        cfg: ViTConfig,
+        in_c: int,
+        in_h: int,
+        in_w: int,
+        *,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        profile: str | Profile = "torchlean",
+    ) -> M:
+        """A freshly initialised model, identical for a seed on every device and dtype.
+
+        Every tensor is drawn on the CPU in float64 from ``torch.Generator().manual_seed(seed)``
+        in state-dict order, then cast and moved, so the values do not depend on ``device``.
+        Scales: weight matrices and the patch kernel ``N(0, 1/fan_in)``; biases, LayerNorm betas,
+        ``pos`` and ``cls_token`` ``N(0, 0.02²)``; LayerNorm gammas ``1 + N(0, 0.1²)`` (non-trivial
+        biases and gammas so gradient tests exercise them).
+        """
+        prof = get_profile(profile)
+        v = config_violations(cfg, in_c, in_h, in_w, variant=cls.variant, profile=prof)
+        if v:
+            raise ConfigError(v, context=f"{cls.__name__}.init with profile {prof.name!r}")
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ConfigError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        dev = torch.device(device)
+        g = torch.Generator().manual_seed(seed)
+        params = {}
+        for key, shape in spec_param_shapes(cfg, in_c, in_h, in_w, variant=cls.variant, profile=prof).items():
+            t = torch.randn(shape, generator=g, dtype=torch.float64) * _init_scale(key, shape)
+            if key.endswith("gamma"):
+                t += 1.0
+            params[key] = t.to(device=dev, dtype=dtype)
+        return cls(cfg, in_c, in_h, in_w, params, profile=prof)
+
+    @classmethod
+    def from_state_dict(
+        cls: type[M],
+        cfg: ViTConfig,
+        in_c: int,
+        in_h: int,
+        in_w: int,
+        sd: Mapping[str, Tensor],
+        *,
+        profile: str | Profile = "torchlean",
+    ) -> M:
+        """A model over the tensors of ``sd`` (used as given, not copied: tensors that require grad
+        make :meth:`forward` differentiable w.r.t. them). Raises :class:`MappingError` listing every
+        missing, unexpected, mis-shaped or mixed-dtype/device entry."""
+        return cls(cfg, in_c, in_h, in_w, sd, profile=profile)
+
+    @classmethod
+    def load(cls: type[M], path: str | Path, *, device: str | torch.device = "cpu") -> M:
+        """Load a file written by :meth:`save`; a file of the other variant raises :class:`LoadError`."""
+        from ..io import load
+
+        return load(path, variant=cls.variant, device=device)  # type: ignore[return-value]
+
+    def save(self, path: str | Path) -> None:
+        """Write a safetensors file (tensors + config/profile metadata); see :mod:`vitspec.io`."""
+        from ..io import save
+
+        save(self, path)
+
+    def to(self: M, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> M:
+        """A new model with every tensor moved/cast (tensors already there are shared, as ``Tensor.to``)."""
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ConfigError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        params = {k: t.to(device=device, dtype=dtype) for k, t in self._params.items()}
+        return type(self)(self.cfg, self.in_c, self.in_h, self.in_w, params, profile=self.profile)
+
+    # -- parameters ---------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        """The live parameter tensors under the spec keys, in state-dict order."""
+        return dict(self._params)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(t.shape) for k, t in self._params.items()}
+
+    def num_params(self) -> int:
+        """Scalars in the bundle (equals :func:`vitspec.param_count` for this config, variant and profile)."""
+        return sum(t.numel() for t in self._params.values())
+
+    def load_state_dict(self, sd: Mapping[str, Tensor]) -> None:
+        """Copy ``sd`` into the live tensors (cast to their dtype and device); strict and atomic.
+
+        Every problem (missing, unexpected, mis-shaped, non-floating) is checked first and
+        reported at once in one :class:`MappingError`; on error nothing is modified.
+        """
+        _check_params(sd, self.param_shapes(), what=f"{type(self).__name__}.load_state_dict", same_dtype=False)
+        with torch.no_grad():
+            for k, t in self._params.items():
+                t.copy_(sd[k])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._params["patch_kernel"].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._params["patch_kernel"].device
+
+    @property
+    def tokens(self) -> int:
+        """Sequence length (``pos`` rows): patches, +1 with a CLS token."""
+        return self.dims["tokens"]
+
+    def _layer(self, i: int) -> LayerParams:
+        p, pre = self._params, f"encoder.{i}."
+        kw = {k: p[pre + _LAYER_PREFIX.get(k, "") + k] for k in _LAYER_KEYS}
+        m = pre + "mha."
+        return LayerParams(**kw, bq=p.get(m + "bq"), bk=p.get(m + "bk"), bv=p.get(m + "bv"), bo=p.get(m + "bo"))
+
+    def _pool_kind(self) -> tuple[str, int]:
+        """``("mean", first)`` (mean over tokens ``first..``) or ``("token", 0)``, from profile and variant."""
+        pooling, has_cls = self.profile.pooling, self.variant == "cls"
+        if pooling is None:
+            return ("token", 0) if has_cls else ("mean", 0)
+        if pooling == "token":
+            return ("token", 0)
+        if pooling == "mean":
+            return ("mean", 1 if has_cls else 0)  # timm 'avg': patch tokens only
+        return ("mean", 0)  # mean_all: CLS included (vit-pytorch)
+
+    # -- stages -----------------------------------------------------------------------
+    def stage_names(self, *, sub_ops: bool = False) -> list[str]:
+        """The capture stages in execution order; with ``sub_ops`` also ``blocks.{i}.attn`` etc."""
+        names = ["patch_embed", "pos_embed"]
+        for i in range(self.cfg.num_layers):
+            if sub_ops:
+                names += [f"blocks.{i}.{s}" for s in sub_op_names(self.profile.norm_placement)]
+            names.append(f"blocks.{i}")
+        fn = self.profile.final_norm
+        names += [*(["final_norm"] if fn == "before_pool" else []), "pool"]
+        names += [*(["final_norm"] if fn == "after_pool" else []), "head"]
+        return names
+
+    # -- input checks -------------------------------------------------------------------
+    def _check_input(self, x: object, fn: str) -> tuple[Tensor, bool]:
+        """``(x with a batch axis, whether it had none)``; every mismatch is a :class:`ShapeError`."""
+        c, h, w = self.in_c, self.in_h, self.in_w
+        if not isinstance(x, Tensor):
+            raise ShapeError(f"{fn}: x must be a torch.Tensor, got {type(x).__name__}", function=fn, argument="x")
+        shape = tuple(x.shape)
+        if x.dim() not in (3, 4):
+            raise ShapeError(
+                f"{fn}: x must have rank 3 (channels, in_h, in_w) = ({c}, {h}, {w}) or rank 4 "
+                f"(batch, channels, in_h, in_w) = (B, {c}, {h}, {w}); got rank {x.dim()}, shape {shape}",
+                function=fn, argument="x", expected="(channels, in_h, in_w) or (batch, channels, in_h, in_w)",
+                actual=shape, shape=shape,
+            )  # fmt: skip
+        tok = self.dims.explain("tokens")
+        for name, axis, expected in (("channels", -3, c), ("in_h", -2, h), ("in_w", -1, w)):
+            got = shape[axis]
+            if got == expected:
+                continue
+            if name == "channels":
+                kernel = self.param_shapes()["patch_kernel"]
+                extra = f"the patch kernel is (embed_dim, channels, patch_h, patch_w) = {kernel}"
+                formula = f"channels = in_c = {c}"
+            else:
+                out = "out_h" if name == "in_h" else "out_w"
+                extra = f"the model's pos has {tok} rows ({self.dims.explain(out)})"
+                formula = f"{tok}; {self.dims.explain(out)}"
+            raise ShapeError(
+                f"{fn}: x dimension '{name}' (axis {x.dim() + axis}) must be {expected}, got {got}; {extra}; "
+                f"x has shape {shape}",
+                function=fn, argument="x", dim=name, expected=expected, actual=got, formula=formula, shape=shape,
+            )  # fmt: skip
+        self._check_like_params(fn, "x", x)
+        return (x.unsqueeze(0), True) if x.dim() == 3 else (x, False)
+
+    def _check_like_params(self, fn: str, arg: str, t: Tensor) -> None:
+        for what in ("dtype", "device"):
+            mine, theirs = getattr(self, what), getattr(t, what)
+            if mine != theirs:
+                raise ShapeError(
+                    f"{fn}: {arg} has {what} {theirs}, but the model's parameters have {what} {mine}; "
+                    f"move one of them (e.g. {arg}.to({what}=...) or model.to({what}=...))",
+                    function=fn, argument=arg, expected=mine, actual=theirs, shape=tuple(t.shape),
+                )  # fmt: skip
+
+    def _check_cotangent(self, fn: str, arg: str, t: object, tape: _Tape, last: str) -> Tensor:
+        """``t`` as a batched ``(B, last)`` cotangent matching the forward's input."""
+        size = self.dims[last]
+        b = tape.x.shape[0]
+        expected = (size,) if tape.single else (b, size)
+        if not isinstance(t, Tensor) or tuple(t.shape) != expected:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            names = f"({last},)" if tape.single else f"(batch, {last})"
+            raise ShapeError(
+                f"{fn}: {arg} must have shape {names} = {expected} to match x, got {got} ({self.dims.explain(last)})",
+                function=fn, argument=arg, dim=last, expected=expected, actual=got,
+            )  # fmt: skip
+        self._check_like_params(fn, arg, t)
+        return t.unsqueeze(0) if tape.single else t
+
+    # -- forward --------------------------------------------------------------------------
+    def forward(self, x: Tensor, *, capture: MutableMapping[str, Tensor] | None = None) -> Tensor:
+        """Logits: ``(channels, in_h, in_w) -> (classes,)`` or ``(batch, channels, in_h, in_w) -> (batch, classes)``.
+
+        Only differentiable torch ops run here, so autograd through this method is the
+        reference the explicit :meth:`backward` is tested against. ``capture`` receives
+        the stage tensors of :meth:`stage_names` (with sub-ops), without a batch axis
+        for a single image.
+        """
+        logits, _ = self._forward_tape(x, None, capture=capture)
+        return logits
+
+    __call__ = forward
+
+    def _forward_tape(
+        self, x: Tensor, mode: Mode | None, *, capture: MutableMapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, _Tape | None]:
+        """The forward; with ``mode`` also the :class:`_Tape` the explicit backward consumes."""
+        if mode is not None and mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+        xb, single = self._check_input(x, f"{type(self).__name__}.{'forward' if mode is None else 'backward'}")
+        tape = _Tape(mode, xb, single) if mode is not None else None
+        cap: dict[str, Tensor] | None = {} if capture is not None else None
+        p, prof, eps = self._params, self.profile, self._opts.eps
+        with bind_dims(self.dims):
+            if prof.patch_embed == "linear_ln":
+                pt = patch_linear_ln(
+                    xb, p["patch_norm_in_gamma"], p["patch_norm_in_beta"], p["patch_kernel"], p["patch_bias"],
+                    p["patch_norm_out_gamma"], p["patch_norm_out_beta"], eps,
+                )  # fmt: skip
+            else:
+                grid = conv2d(xb, p["patch_kernel"], p["patch_bias"], self.cfg.stride, self.cfg.padding)
+                pt = grid_to_tokens(grid)
+            if cap is not None:
+                cap["patch_embed"] = pt
+            tok = cls_prepend(pt, p["cls_token"]) if self.variant == "cls" else pt
+            tok = pos_add(tok, p["pos"])
+            if cap is not None:
+                cap["pos_embed"] = tok
+            for i in range(self.cfg.num_layers):
+                keep = mode == "cache"
+                if tape is not None:
+                    tape.layer_inputs.append(tok)
+                tok, lc = layer_forward(tok, self._layer(i), self._opts, keep=keep, capture=cap, prefix=f"blocks.{i}.")
+                if keep:
+                    tape.layer_caches.append(lc)  # type: ignore[union-attr]
+                if cap is not None:
+                    cap[f"blocks.{i}"] = tok
+            encoded = tok
+            if prof.final_norm == "before_pool":
+                tok = layer_norm(tok, p["final_norm_gamma"], p["final_norm_beta"], eps)
+                if cap is not None:
+                    cap["final_norm"] = tok
+            kind, idx = self._pool
+            pooled = mean_pool(tok, idx) if kind == "mean" else token_select(tok, idx)
+            if cap is not None:
+                cap["pool"] = pooled
+            head_in = pooled
+            if prof.final_norm == "after_pool":
+                head_in = layer_norm(pooled, p["final_norm_gamma"], p["final_norm_beta"], eps)
+                if cap is not None:
+                    cap["final_norm"] = head_in
+            lin_in = layer_norm(head_in, p["head_norm_gamma"], p["head_norm_beta"], eps) if prof.head_norm else head_in
+            logits = head(lin_in, p["head_W"], p["head_b"])
+            if cap is not None:
+                cap["head"] = logits
+        if capture is not None and cap is not None:
+            for k, t in cap.items():
+                capture[k] = t[0] if single else t
+        if tape is not None:
+            tape.encoded, tape.pooled, tape.head_in, tape.head_lin_in = encoded, pooled, head_in, lin_in
+        return (logits[0] if single else logits), tape
+
+    # -- backward ---------------------------------------------------------------------------
+    def backward(
+        self,
+        x: Tensor,
+        grad_output: Tensor | None = None,
+        *,
+        grad_pooled: Tensor | None = None,
+        mode: Mode = "cache",
+        need_grad_x: bool = True,
+    ) -> tuple[ViTGrads, Tensor | None]:
+        """Explicit reverse mode: ``(grads, grad_x)`` for the cotangent of the logits or of the pooled vector.
+
+        Give exactly one of:
+
+        - ``grad_output``: ``∂L/∂logits``, shape ``(classes,)`` (or ``(batch, classes)`` for a batch);
+        - ``grad_pooled``: ``∂L/∂v`` for ``v`` the vector fed to the head, i.e. the pooled vector
+          *after* an ``after_pool`` final norm (and before a head norm, which is part of the head),
+          shape ``(embed_dim,)`` / ``(batch, embed_dim)``. The head's gradients (``d_head_W``,
+          ``d_head_b``, ``d_head_norm_*``) are then zeros.
+
+        ``mode='cache'`` keeps every activation of one forward; ``mode='recompute'`` keeps only each
+        encoder layer's input and recomputes that layer's internals during the backward, one layer
+        at a time, bounding activation memory by ``L`` layer inputs plus one layer's activations.
+        Parameter gradients are summed over a batch; ``grad_x`` has ``x``'s shape (``None`` with
+        ``need_grad_x=False``, which skips the patch embedding's input gradient). No autograd is
+        used (it runs the same under ``torch.inference_mode()``).
+        """
+        if mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+        if (grad_output is None) == (grad_pooled is None):
+            raise ConfigError("backward needs exactly one of grad_output (logits) or grad_pooled (head input)")
+        _, tape = self._forward_tape(x, mode)
+        assert tape is not None
+        return self._backward_tape(tape, grad_output, grad_pooled=grad_pooled, need_grad_x=need_grad_x)
+
+    def _backward_tape(
+        self,
+        tape: _Tape,
+        grad_output: Tensor | None = None,
+        *,
+        grad_pooled: Tensor | None = None,
+        need_grad_x: bool = True,
+    ) -> tuple[ViTGrads, Tensor | None]:
+        """The explicit backward over a forward's tape (SPEC §4 order). Frees layer caches as it goes;
+        a second call on the same tape recomputes those layers instead."""
+        fn = f"{type(self).__name__}.backward"
+        p, prof, eps, cfg = self._params, self.profile, self._opts.eps, self.cfg
+        assert tape.head_lin_in is not None and tape.head_in is not None and tape.pooled is not None
+        assert tape.encoded is not None
+        top: dict[str, Any] = {}
+        with bind_dims(self.dims):
+            # Head (a head norm is part of the head).
+            if grad_output is not None:
+                g = self._check_cotangent(fn, "grad_output", grad_output, tape, "classes")
+                d_lin_in, top["d_head_W"], top["d_head_b"] = head_backward(tape.head_lin_in, p["head_W"], g)
+                if prof.head_norm:
+                    d_head_in, top["d_head_norm_gamma"], top["d_head_norm_beta"] = layer_norm_backward(
+                        tape.head_in, p["head_norm_gamma"], d_lin_in, eps
+                    )
+                else:
+                    d_head_in = d_lin_in
+            else:
+                d_head_in = self._check_cotangent(fn, "grad_pooled", grad_pooled, tape, "embed_dim")
+                top["d_head_W"], top["d_head_b"] = torch.zeros_like(p["head_W"]), torch.zeros_like(p["head_b"])
+                if prof.head_norm:
+                    top["d_head_norm_gamma"] = torch.zeros_like(p["head_norm_gamma"])
+                    top["d_head_norm_beta"] = torch.zeros_like(p["head_norm_beta"])
+            # Final norm after the pool, then the pool.
+            d_pooled = d_head_in
+            if prof.final_norm == "after_pool":
+                d_pooled, top["d_final_norm_gamma"], top["d_final_norm_beta"] = layer_norm_backward(
+                    tape.pooled, p["final_norm_gamma"], d_head_in, eps
+                )
+            kind, idx = self._pool
+            t = self.tokens
+            pool_backward = mean_pool_backward if kind == "mean" else token_select_backward
+            d_tok = pool_backward(d_pooled, t, idx)
+            if prof.final_norm == "before_pool":
+                d_tok, top["d_final_norm_gamma"], top["d_final_norm_beta"] = layer_norm_backward(
+                    tape.encoded, p["final_norm_gamma"], d_tok, eps
+                )
+            # Encoder layers in reverse; a layer without a cache (recompute mode) recomputes its forward.
+            d_encoder: list[EncoderLayerGrads] = [None] * cfg.num_layers  # type: ignore[list-item]
+            for i in reversed(range(cfg.num_layers)):
+                cache = tape.layer_caches[i] if i < len(tape.layer_caches) else None
+                d_tok, d_encoder[i] = layer_backward(
+                    tape.layer_inputs[i], self._layer(i), self._opts, d_tok, cache=cache
+                )
+                if cache is not None:
+                    tape.layer_caches[i] = None  # release this layer's activations now
+                del cache
+            # Positions, CLS token, token layout, patch embedding.
+            grad_x: Tensor | None
+            top["d_pos"], d_tok = pos_add_backward(d_tok)
+            if self.variant == "cls":
+                d_tok, top["d_cls_token"] = cls_prepend_backward(d_tok)
+            if prof.patch_embed == "linear_ln":
+                (
+                    top["d_patch_norm_in_gamma"],
+                    top["d_patch_norm_in_beta"],
+                    top["d_patch_kernel"],
+                    top["d_patch_bias"],
+                    top["d_patch_norm_out_gamma"],
+                    top["d_patch_norm_out_beta"],
+                    grad_x,
+                ) = patch_linear_ln_backward(
+                    tape.x, p["patch_norm_in_gamma"], p["patch_norm_in_beta"], p["patch_kernel"], p["patch_bias"],
+                    p["patch_norm_out_gamma"], d_tok, eps,
+                )  # fmt: skip
+            else:
+                d_grid = grid_to_tokens_backward(d_tok, self.dims["out_h"], self.dims["out_w"])
+                top["d_patch_kernel"], top["d_patch_bias"], grad_x = conv2d_backward(
+                    tape.x, p["patch_kernel"], d_grid, cfg.stride, cfg.padding, need_grad_x
+                )
+        grads = self.grads_type(d_encoder=d_encoder, **top)
+        if not need_grad_x or grad_x is None:
+            return grads, None
+        return grads, (grad_x[0] if tape.single else grad_x)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.cfg}, in_c={self.in_c}, in_h={self.in_h}, in_w={self.in_w}, "
+            f"profile={self.profile.name!r}, dtype={self.dtype}, device={self.device}, params={self.num_params()})"
+        )
+
+
+class ViTSpec(_ViTBase):
+    """Lean ``ViTSpec``: conv patch embedding, learned ``pos (patches, embed_dim)``, encoder, mean pool, head."""
+
+    variant: ClassVar[Variant] = "mean"
+    grads_type: ClassVar[type[ViTGrads]] = ViTGrads
+
+
+class ViTClsSpec(_ViTBase):
+    """Lean ``ViTClsSpec``: as :class:`ViTSpec` with a learned ``cls_token`` prepended as token 0,
+    ``pos (patches + 1, embed_dim)``, and token 0 pooled."""
+
+    variant: ClassVar[Variant] = "cls"
+    grads_type: ClassVar[type[ViTGrads]] = ViTClsGrads
+
+
+# -- helpers -----------------------------------------------------------------------------
+def _init_scale(key: str, shape: tuple[int, ...]) -> float:
+    name = key.rsplit(".", 1)[-1]
+    if name.endswith("gamma"):
+        return 0.1
+    if name.endswith("beta") or name in ("pos", "cls_token") or len(shape) == 1:
+        return 0.02  # betas, biases, positions, CLS token
+    if name == "patch_kernel":
+        fan_in = math.prod(shape[1:])
+    elif name == "head_W":
+        fan_in = shape[1]  # (out, in) layout
+    else:
+        fan_in = shape[0]  # spec matrices are (in, out)
+    return 1.0 / math.sqrt(max(fan_in, 1))
+
+
+def _check_params(sd: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], *, what: str, same_dtype: bool) -> None:
+    """Raise one :class:`MappingError` listing every missing, unexpected and mis-shaped entry."""
+    if not isinstance(sd, Mapping):
+        raise MappingError(f"{what}: expected a mapping of spec keys to tensors, got {type(sd).__name__}")
+    missing = [k for k in shapes if k not in sd]
+    unexpected = [k for k in sd if k not in shapes]
+    bad: list[str] = []
+    first: tuple[str, Tensor] | None = None
+    for k, shape in shapes.items():
+        if k not in sd:
+            continue
+        t = sd[k]
+        if not isinstance(t, Tensor):
+            bad.append(f"{k}: expected a tensor of shape {shape}, got {type(t).__name__}")
+            continue
+        if tuple(t.shape) != shape:
+            bad.append(f"{k}: expected shape {shape}, got {tuple(t.shape)}")
+        if not t.is_floating_point():
+            bad.append(f"{k}: expected a floating-point tensor, got dtype {t.dtype}")
+        elif same_dtype:
+            if first is None:
+                first = (k, t)
+            elif (t.dtype, t.device) != (first[1].dtype, first[1].device):
+                bad.append(
+                    f"{k}: dtype {t.dtype} on {t.device}, but {first[0]} is {first[1].dtype} on {first[1].device} "
+                    "(all parameters must share dtype and device)"
+                )
+    if missing or unexpected or bad:
+        raise MappingError(
+            f"{what}: the tensors do not match the spec bundle", missing=missing, unexpected=unexpected, mismatched=bad
+        )
