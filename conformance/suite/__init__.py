@@ -1,0 +1,1 @@
+"""The conformance suite: ``pytest --vit-target TARGET`` (see :mod:`conformance.plugin`)."""

@@ -1,0 +1,324 @@
+"""``conformance.check`` and the capture hooks: statuses, bookkeeping, isolation from the caller.
+
+Tiny models (the adapter tests' configurations) keep each check well under a second.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from conformance import check
+from conformance.capture import CaptureError, capture
+from conformance.compare import grad_group, sub_op_order
+from conformance.report import Report, Status
+from vitspec.errors import ConfigError, MappingError
+
+pytestmark = pytest.mark.thirdparty
+timm = pytest.importorskip("timm")
+
+
+def tiny(**kw: Any) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2, num_classes=5)
+    return VisionTransformer(**{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def passing() -> Report:
+    return check(tiny())
+
+
+# -- helpers -------------------------------------------------------------------------------
+def test_sub_op_order_and_groups() -> None:
+    assert sub_op_order("pre") == ("norm1", "attn", "norm2", "mlp")
+    assert sub_op_order("post") == ("attn", "norm1", "mlp", "norm2")
+    assert grad_group("encoder.11.mha.Wq") == "blocks.11"
+    assert grad_group("patch_norm_in_gamma") == "patch_embed"
+    assert grad_group("cls_token") == grad_group("pos") == "pos_embed"
+    assert grad_group("final_norm_beta") == "final_norm"
+    assert grad_group("head_norm_gamma") == grad_group("head_W") == "head"
+    assert grad_group("grad_x") == "input"
+
+
+# -- capture --------------------------------------------------------------------------------
+class _Point:
+    def __init__(self, module: nn.Module, kind: str = "output", transform: Any = lambda t: t) -> None:
+        self.module, self.kind, self.transform = module, kind, transform
+
+
+def test_capture_output_input_and_removal() -> None:
+    lin = nn.Linear(3, 3)
+    x = torch.randn(2, 3)
+    pts = {"out": _Point(lin), "in": _Point(lin, "input"), "bad": _Point(lin, transform=lambda t: 1 / 0)}
+    with capture(pts) as cap:
+        y = lin(x)
+        lin(x + 1)  # a second call: the first one is kept, the count says so
+    assert torch.equal(cap["out"], y.detach()) and torch.equal(cap["in"], x)
+    assert cap.calls == {"out": 2, "in": 2, "bad": 2} and sorted(cap.repeated) == ["bad", "in", "out"]
+    assert "ZeroDivisionError" in cap.errors["bad"]
+    assert not cap["out"].requires_grad
+    assert not lin._forward_hooks and not lin._forward_pre_hooks
+
+
+def test_capture_removes_hooks_when_the_forward_raises() -> None:
+    lin = nn.Linear(3, 3)
+    with pytest.raises(RuntimeError), capture({"a": _Point(lin), "b": _Point(lin, "input")}):
+        lin(torch.randn(2, 4))  # wrong width: the forward raises
+    assert not lin._forward_hooks and not lin._forward_pre_hooks
+
+
+def test_capture_rejects_bad_points_and_cleans_up() -> None:
+    lin = nn.Linear(3, 3)
+    with pytest.raises(CaptureError, match="kind"), capture({"a": _Point(lin), "b": _Point(lin, "sideways")}):
+        pass
+    assert not lin._forward_hooks
+    with pytest.raises(CaptureError, match=r"nn\.Module"), capture({"a": _Point("not a module")}):  # type: ignore[arg-type]
+        pass
+
+
+# -- a passing check ------------------------------------------------------------------------
+def test_pass_report_contents(passing: Report) -> None:
+    r = passing
+    assert r.status is Status.PASS and r.ok and r.forward_ok and r.backward_ok
+    assert [s.name for s in r.stages] == [
+        "patch_embed",
+        "pos_embed",
+        "blocks.0",
+        "blocks.1",
+        "final_norm",
+        "pool",
+        "head",
+    ]
+    assert all(s.ok and s.captured and s.tol == r.stages[0].tol for s in r.stages)
+    assert r.subops == [] and r.first_divergence is None
+    d = r.description
+    assert d["library"] == "timm" and d["variant"] == "cls" and d["input_size"] == [3, 32, 32]
+    assert d["profile"] == "timm" and d["cfg"]["num_layers"] == 2
+    assert "norm placement: pre (spec: post)" in r.deviations
+    env = r.environment
+    assert {"python", "torch", "device", "device_name", "dtype", "date", "timm_version"} <= set(env)
+    assert env["dtype"] == "float64" and r.tolerance["fwd_tol64"] == r.stages[0].tol
+    assert r.elapsed_s > 0
+
+
+def test_grad_rows_link_library_and_spec_names(passing: Report) -> None:
+    rows = {g.library_name: g for g in passing.grads}
+    qkv = rows["blocks.0.attn.qkv.weight"]
+    assert qkv.spec_names == ["encoder.0.mha.Wq", "encoder.0.mha.Wk", "encoder.0.mha.Wv"]
+    assert qkv.group == "blocks.0" and qkv.ok
+    assert rows["pos_embed"].spec_names == ["pos"] and rows["cls_token"].group == "pos_embed"
+    assert passing.grads[-1].library_name == "input" and passing.grads[-1].spec_names == ["grad_x"]
+    # Backward order: head first, the input last; every parameter appears once.
+    assert list(passing.grad_groups()) == [
+        "head",
+        "final_norm",
+        "blocks.1",
+        "blocks.0",
+        "pos_embed",
+        "patch_embed",
+        "input",
+    ]
+    assert len(rows) == len(dict(tiny().named_parameters())) + 1
+
+
+def test_report_round_trips(passing: Report) -> None:
+    assert Report.from_json(passing.to_json()).to_json() == passing.to_json()
+
+
+def test_deterministic_for_a_seed() -> None:
+    a, b = check(tiny(), seed=3), check(tiny(), seed=3)
+    strip = lambda r: [(s.name, s.max_abs_err) for s in r.stages] + [(g.library_name, g.max_abs_err) for g in r.grads]  # noqa: E731
+    assert strip(a) == strip(b)
+    c = check(tiny(), seed=4)
+    assert strip(c) != strip(a)
+
+
+def test_caller_model_is_untouched() -> None:
+    m = tiny().train()
+    before = copy.deepcopy(m.state_dict())
+    check(m)
+    assert m.training  # still in train mode: check() worked on a copy
+    assert all(p.dtype == torch.float32 and p.grad is None for p in m.parameters())
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert not any(mod._forward_hooks or mod._forward_pre_hooks for mod in m.modules())
+
+
+def test_adapter_as_class_or_instance() -> None:
+    from conformance.adapters import TimmAdapter
+
+    m = tiny()
+    assert check(m, adapter=TimmAdapter).ok
+    ad = TimmAdapter(m)
+    assert check(m, adapter=ad).ok
+    assert all(p.dtype == torch.float32 for p in ad.model.parameters())  # the instance was deep-copied
+    with pytest.raises(TypeError, match="adapter"):
+        check(m, adapter="timm")
+
+
+def test_progress_callback() -> None:
+    seen: list[tuple[str, int, int]] = []
+    check(tiny(), progress=lambda step, done, total: seen.append((step, done, total)))
+    dones = [d for _, d, _ in seen]
+    assert dones == sorted(dones) and seen[-1][1] <= seen[-1][2]
+    assert any(s.startswith("stage ") for s, _, _ in seen) and any("gradients" in s for s, _, _ in seen)
+
+
+def test_forward_only() -> None:
+    r = check(tiny(), grads=False)
+    assert r.ok and r.backward_ok is None and r.grads == []
+
+
+def test_headless_model_compares_through_the_pooled_vector() -> None:
+    r = check(tiny(num_classes=0))
+    assert r.ok, r.to_markdown()
+    assert "head" not in [s.name for s in r.stages]
+    assert not any(g.group == "head" for g in r.grads)
+    assert any("no classification head" in n for n in r.notes)
+
+
+def test_native_mode_records_both_errors() -> None:
+    r = check(tiny(), dtype=torch.bfloat16)
+    assert r.ok, r.to_markdown()
+    assert r.environment["dtype"] == "bfloat16" and r.tolerance["native_k"] == 4.0
+    assert all(s.spec_lowp_err is not None and s.tol >= r.tolerance["native_floor"] for s in r.stages)
+    assert all(g.spec_lowp_err is not None for g in r.grads)
+
+
+# -- argument errors -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch": 0}, "batch"),
+        ({"batch": True}, "batch"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"device": "nonsense"}, "device"),
+    ],
+)
+def test_bad_arguments_raise_config_error(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        check(tiny(), **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_missing_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="cuda"):
+        check(tiny(), device="cuda")
+
+
+# -- non-PASS statuses -----------------------------------------------------------------------
+def test_unsupported_feature() -> None:
+    r = check(tiny(reg_tokens=2))
+    assert r.status is Status.UNSUPPORTED and r.exit_code == 2
+    assert "register tokens" in r.reason and r.stages == []
+
+
+def test_no_adapter_is_unsupported() -> None:
+    r = check(nn.Sequential(nn.Linear(2, 2)))
+    assert r.status is Status.UNSUPPORTED and r.reason
+
+
+def test_mapping_error_is_unsupported_and_lists_names() -> None:
+    from conformance.adapters import TimmAdapter
+
+    class Unmappable(TimmAdapter):
+        def to_spec(self, tensors: Any) -> dict[str, Tensor]:
+            raise MappingError("cannot map", missing=["patch_embed.proj.weight"], unexpected=["extra.w"])
+
+    r = check(tiny(), adapter=Unmappable)
+    assert r.status is Status.UNSUPPORTED
+    assert "patch_embed.proj.weight" in r.reason
+    assert any(n.startswith("unmapped: patch_embed.proj.weight, extra.w") for n in r.notes)
+
+
+def test_forward_exception_is_a_crash() -> None:
+    m = tiny()
+
+    def boom(*_: Any) -> None:
+        raise RuntimeError("kaboom in block 1")
+
+    m.blocks[1].register_forward_hook(boom)
+    r = check(m)
+    assert r.status is Status.CRASH and r.exit_code == 1
+    assert "forward raised" in r.reason and "RuntimeError: kaboom in block 1" in r.reason
+    assert r.forward_ok is False
+
+
+class _BadBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        raise ValueError("no gradient for you")
+
+
+def test_backward_exception_is_a_crash() -> None:
+    m = tiny()
+    m.blocks[0].register_forward_hook(lambda _m, _a, out: _BadBackward.apply(out))
+    r = check(m)
+    assert r.status is Status.CRASH and "backward raised" in r.reason and "no gradient for you" in r.reason
+    assert r.forward_ok is True and r.backward_ok is False
+
+
+def test_nonfinite_output() -> None:
+    m = tiny()
+    m.blocks[1].register_forward_hook(lambda _m, _a, out: out * float("inf"))
+    r = check(m, grads=False)
+    assert r.status is Status.NONFINITE and r.first_divergence == "blocks.1"
+    assert "non-finite" in r.stage("blocks.1").note
+
+
+def test_uncaptured_stage_is_listed_never_passed() -> None:
+    from conformance.adapters import TimmAdapter
+
+    class Blind(TimmAdapter):
+        def capture_points(self) -> dict[str, Any]:
+            pts = super().capture_points()
+            del pts["pos_embed"], pts["blocks.0"]
+            return pts
+
+    r = check(tiny(), adapter=Blind)
+    assert r.ok
+    s = r.stage("pos_embed")
+    assert s.captured is False and s.ok is None and s.rel_err is None
+    assert r.not_captured == ["pos_embed", "blocks.0"]
+    assert any("not captured" in n and "pos_embed" in n for n in r.notes)
+    assert "| pos_embed | - | - | - | not captured |" in r.to_markdown()
+
+
+def test_uncaptured_sub_op_is_reported_in_the_drill_down() -> None:
+    from conformance.adapters import TimmAdapter
+
+    class NoSubops(TimmAdapter):
+        def capture_points(self) -> dict[str, Any]:
+            return {k: v for k, v in super().capture_points().items() if k.count(".") < 2}
+
+    m = tiny()
+    m.blocks[0].norm2.eps = 1e-5
+    r = check(m, adapter=NoSubops, grads=False)
+    assert r.first_divergence == "blocks.0" and r.first_divergence_subop is None
+    assert [s.captured for s in r.subops] == [False] * 4
+    assert any("uncaptured sub-ops" in n for n in r.notes)
+
+
+def test_shape_mismatch_fails_the_stage() -> None:
+    from conformance.adapters import TimmAdapter
+
+    class Transposed(TimmAdapter):
+        def capture_points(self) -> dict[str, Any]:
+            pts = super().capture_points()
+            p = pts["blocks.0"]
+            pts["blocks.0"] = type(p)(p.module, "output", lambda t: t.transpose(1, 2))
+            return pts
+
+    r = check(tiny(), adapter=Transposed, grads=False)
+    s = r.stage("blocks.0")
+    assert s.ok is False and "shape" in s.note and r.first_divergence == "blocks.0"
