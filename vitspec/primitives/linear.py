@@ -7,6 +7,7 @@ the head is ``LinearSpec embedDim numClasses`` with weight ``(numClasses, embedD
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..dims import Float, checked
@@ -17,9 +18,12 @@ from ._batch import flat2, sum_to
 def linear(
     x: Float[Tensor, "*batch n d_in"], w: Float[Tensor, "d_in d_out"], b: Float[Tensor, " d_out"] | None = None
 ) -> Float[Tensor, "*batch n d_out"]:
-    """``y = x @ W + b`` with ``W`` in the spec's ``(in, out)`` layout."""
-    y = x @ w
-    return y + b if b is not None else y
+    """``y = x @ W + b`` with ``W`` in the spec's ``(in, out)`` layout.
+
+    ``F.linear`` takes ``(out, in)``; ``w.mT`` is that view of the same storage, so the
+    call is one ``addmm`` with the bias fused in and no copy of ``W``.
+    """
+    return F.linear(x, w.mT, b)
 
 
 @checked
