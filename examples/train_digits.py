@@ -1,6 +1,6 @@
 """Train a ViTClsSpec on sklearn's digits with the spec's explicit backward and torch.optim.
 
-    python examples/train_digits.py            # ~90-95 % test accuracy in well under 2 minutes on 2 cores
+python examples/train_digits.py            # ~90-95 % test accuracy in well under 2 minutes on 2 cores
 """
 
 from vitspec.train import TrainConfig, train_digits

@@ -6,27 +6,48 @@ dotted path of a module that defines::
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...
     def run(args: argparse.Namespace) -> int: ...     # the exit code
 
-Adding one (``train``, ``attention-map``, ...) is a single :func:`register` call below.
+Adding one is a single :func:`register` call below (``train`` and ``attention-map`` are).
 Modules are imported lazily: only the chosen subcommand's module is imported, so
 ``vitspec --help`` stays instant and a missing optional dependency of one command
 cannot break the others.
 
 ``vitspec conform ...`` is exactly ``python -m conformance ...`` (same arguments, same
 ``run``, same exit codes: 0 conformant, 1 not, 2 usage error / unknown target / unsupported).
+
+Bad input never ends in a traceback: argparse refuses bad values (exit 2 with its usage
+message), and a :class:`~vitspec.errors.VitSpecError` (``ConfigError``, ``ShapeError``,
+``LoadError``, ``TargetError``, ...), an ``OSError`` (missing or unwritable file) or an
+``ImportError`` (missing optional library) raised by a command's ``run`` becomes one line
+``vitspec COMMAND: error: ...`` on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
-__all__ = ["COMMANDS", "Command", "build_parser", "main", "register"]
+from .errors import VitSpecError
+
+__all__ = [
+    "COMMANDS",
+    "Command",
+    "build_parser",
+    "main",
+    "one_line",
+    "positive_float",
+    "positive_int",
+    "register",
+    "seed_int",
+]
 
 EXIT_USAGE = 2
+#: Largest accepted ``--seed`` (+1 still fits ``torch.Generator.manual_seed``).
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -53,12 +74,69 @@ def register(name: str, help: str, module: str, description: str = "") -> Comman
     return cmd
 
 
+# -- argparse value types shared by the subcommands (bad values: exit 2 with argparse's message) --
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer > 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """``argparse`` type: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return v
+
+
+def seed_int(text: str) -> int:
+    """``argparse`` type: a seed, ``0 <= seed < 2**63``."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, got {v}")
+    return v
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (multi-line messages, e.g. a ConfigError's list, joined)."""
+    parts = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return " ".join(parts) or type(err).__name__
+
+
 register(
     "conform",
     "check a third-party ViT against the spec (== python -m conformance)",
     "conformance.cli",
     "Check a third-party ViT against TorchLean's ViT spec, stage by stage and gradient by gradient. "
     "Exit status: 0 conformant, 1 not conformant, 2 usage error / unknown target / unsupported model.",
+)
+register(
+    "train",
+    "train a small ViTClsSpec on sklearn's digits through the explicit backward",
+    "vitspec.train",
+    "Train a small ViTClsSpec (CLS token) on scikit-learn's bundled 8x8 digits, with the spec's explicit "
+    "backward as the gradient (vitspec.autograd.SpecViT) and torch.optim.AdamW; prints the test accuracy. "
+    "Exit status: 0 done, 2 bad arguments (or scikit-learn missing).",
+)
+register(
+    "attention-map",
+    "write a PNG of a ViT's last-layer CLS attention and attention rollout over an image",
+    "vitspec.viz",
+    "Draw what the CLS token attends to (last layer, heads averaged) and the attention rollout, "
+    "computed with the spec's own primitives, for a random spec model (default), a saved spec model "
+    "(--model) or a third-party ViT (--target, random init). "
+    "Exit status: 0 written, 2 bad arguments / unreadable file / unsupported model.",
 )
 
 
@@ -111,7 +189,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    code = COMMANDS[args.command].load().run(args)
+    cmd = COMMANDS[args.command]
+    try:
+        code = cmd.load().run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (VitSpecError, OSError) as e:  # bad input: a typed vitspec error, a missing/unwritable file
+        print(f"vitspec {cmd.name}: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImportError as e:  # an optional dependency of the command, imported late
+        print(f"vitspec {cmd.name}: error: an optional library is missing: {one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
     return int(code or 0)
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .errors import ConfigError, Violation
 from .formulas import patch_count, patch_out_h, patch_out_w
+
+if TYPE_CHECKING:
+    from .profiles import Profile
 
 __all__ = [
     "PRESETS",
@@ -255,7 +258,7 @@ def param_count(
     in_w: int,
     variant: Variant = "mean",
     *,
-    profile: object = None,
+    profile: str | Profile | None = None,
 ) -> int:
     """Number of scalars in the spec's parameter bundle (``ViTSpec`` / ``ViTClsSpec``).
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .config import ViTConfig
 
-__all__ = ["TrainConfig", "TrainResult", "add_parser", "load_digits_tensors", "train_digits"]
+__all__ = ["TrainConfig", "TrainResult", "add_arguments", "add_parser", "load_digits_tensors", "run", "train_digits"]
 
 
 @dataclass(frozen=True)
@@ -163,35 +163,74 @@ def _progress(enabled: bool, epochs: int) -> _Bar | None:
         return None
 
 
+#: Upper bound of ``--threads``: more threads than this only oversubscribes the CPU.
+MAX_THREADS = 256
+
+
+def _threads(text: str) -> int:
+    from .cli import positive_int
+
+    v = positive_int(text)
+    if v > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, got {v}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``vitspec train`` arguments (the ``vitspec.cli`` registry calls this)."""
+    from .cli import positive_float, positive_int, seed_int
+    from .profiles import PROFILES
+
+    d = TrainConfig()
+    p.add_argument(
+        "--epochs", type=positive_int, default=d.epochs, metavar="N", help=f"passes over the data (default {d.epochs})"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, metavar="N", help=f"default {d.batch_size}")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--seed", type=seed_int, default=d.seed, metavar="N", help="seed for init, split and shuffling")
+    p.add_argument(
+        "--profile",
+        default=d.profile,
+        choices=tuple(PROFILES),
+        help="numerics profile (default torchlean: post-norm, ReLU)",
+    )
+    p.add_argument(
+        "--threads", type=_threads, default=d.threads, metavar="N", help=f"torch CPU threads (default {d.threads})"
+    )
+    p.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``vitspec train``."""
+    """Register ``vitspec train`` on an argparse sub-parser set (``func=run``); the CLI uses :func:`add_arguments`."""
     p = sub.add_parser(
         "train",
         help="train a small ViTClsSpec on sklearn's digits with the explicit backward",
         description=__doc__,
     )
-    d = TrainConfig()
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the data (default {d.epochs})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed for init, split and shuffling")
-    p.add_argument("--profile", default=d.profile, help="numerics profile (default torchlean: post-norm, ReLU)")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default 2)")
-    p.add_argument("--json", metavar="PATH", help="write the result as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run)
+    add_arguments(p)
+    p.set_defaults(func=run)
     return p
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``vitspec train``; bad values raise :class:`~vitspec.errors.VitSpecError` (exit 2 in the CLI)."""
+    import os
+
     from ._fs import atomic_write_text
     from .errors import VitSpecError
+    from .profiles import get_profile
 
     for name in ("epochs", "batch_size", "threads"):
         if getattr(args, name) <= 0:
             raise VitSpecError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if not args.lr > 0:
         raise VitSpecError(f"--lr must be > 0, got {args.lr}")
+    get_profile(args.profile)  # ConfigError naming the valid profiles
+    if args.json:
+        if os.path.isdir(args.json):
+            raise VitSpecError(f"--json {args.json}: is a directory")
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)  # OSError now, not after training
     tc = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -202,5 +241,26 @@ def _run(args: argparse.Namespace) -> int:
     )
     result = train_digits(tc, progress=not args.quiet)
     if args.json:
-        atomic_write_text(args.json, result.to_json())
+        payload = {**json.loads(result.to_json()), "machine": machine_info(tc.threads)}
+        atomic_write_text(args.json, json.dumps(payload, indent=2) + "\n")
     return 0
+
+
+def machine_info(threads: int | None = None) -> dict[str, object]:
+    """Where a run happened: UTC date, platform, CPU count, Python, torch and its thread count."""
+    import datetime
+    import os
+    import platform
+
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": threads if threads is not None else torch.get_num_threads(),
+    }
+
+
+_run = run  # the name ``add_parser`` used to register

@@ -22,7 +22,7 @@ import torch
 from .errors import ConfigError, VitSpecError
 from .primitives import layer_norm, softmax
 
-__all__ = ["add_parser", "attention_maps", "attention_probs", "save_attention_png"]
+__all__ = ["add_arguments", "add_parser", "attention_maps", "attention_probs", "run", "save_attention_png"]
 
 
 def attention_probs(model: object, x: torch.Tensor) -> list[torch.Tensor]:
@@ -120,20 +120,28 @@ def _load_image(path: str, in_c: int, in_h: int, in_w: int) -> torch.Tensor:
     return (t - t.mean()) / (t.std() + 1e-12)
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``vitspec attention-map`` arguments (the ``vitspec.cli`` registry calls this)."""
+    from .cli import seed_int
+
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", metavar="PATH", help="a spec model saved with m.save(PATH) (.safetensors)")
+    src.add_argument("--target", metavar="TARGET", help="a third-party ViT, as for `vitspec conform` (random init)")
+    p.add_argument("--image", metavar="PATH", help="PNG/JPEG input (default: a seeded random image)")
+    p.add_argument("--seed", type=seed_int, default=0, metavar="N", help="seed for the default image and model init")
+    p.add_argument("-o", "--output", default="attention.png", help="PNG to write (default attention.png)")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``vitspec attention-map``."""
+    """Register ``vitspec attention-map`` on an argparse sub-parser set (``func=run``); the CLI uses
+    :func:`add_arguments`."""
     p = sub.add_parser(
         "attention-map",
         help="write a PNG of a ViT's CLS attention (last layer) and attention rollout over an image",
         description=__doc__,
     )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", metavar="PATH", help="a spec model saved with m.save(PATH) (.safetensors)")
-    src.add_argument("--target", metavar="TARGET", help="a third-party ViT, as for `vitspec conform` (random init)")
-    p.add_argument("--image", metavar="PATH", help="PNG/JPEG input (default: a seeded random image)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the default image and model init")
-    p.add_argument("-o", "--output", default="attention.png", help="PNG to write (default attention.png)")
-    p.set_defaults(func=_run)
+    add_arguments(p)
+    p.set_defaults(func=run)
     return p
 
 
@@ -141,6 +149,8 @@ def _model_from_args(args: argparse.Namespace) -> tuple[object, str]:
     if args.model:
         from .io import load
 
+        if not Path(args.model).is_file():
+            raise VitSpecError(f"--model {args.model!r}: no such file")
         return load(args.model), Path(args.model).name
     if args.target:
         from conformance.adapters import detect
@@ -161,7 +171,15 @@ def _model_from_args(args: argparse.Namespace) -> tuple[object, str]:
     return ViTClsSpec.init(cfg, 3, 64, 64, seed=args.seed, dtype=torch.float64), "ViTClsSpec (random init)"
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``vitspec attention-map``; bad input raises :class:`~vitspec.errors.VitSpecError`
+    (or ``OSError``), which the CLI turns into one line and exit code 2."""
+    out = Path(args.output)
+    if out.is_dir():
+        raise VitSpecError(f"--output {args.output!r}: is a directory")
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)  # an unwritable place fails now (OSError)
+    if args.image and not Path(args.image).is_file():
+        raise VitSpecError(f"--image {args.image!r}: no such file")
     model, name = _model_from_args(args)
     in_c, in_h, in_w = model.in_c, model.in_h, model.in_w  # type: ignore[attr-defined]
     dtype = next(iter(model.state_dict().values())).dtype  # type: ignore[attr-defined]
@@ -174,3 +192,6 @@ def _run(args: argparse.Namespace) -> int:
     save_attention_png(x, cls_last, rollout, args.output, f"{name}: attention")
     print(f"wrote {args.output}")
     return 0
+
+
+_run = run  # the name ``add_parser`` used to register
