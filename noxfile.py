@@ -28,7 +28,7 @@ nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 ROOT = Path(__file__).resolve().parent
 #: The interpreter running nox (``.venv/bin/python`` when invoked as ``.venv/bin/nox``).
 PY = sys.executable
-LINT_PATHS = ("vitspec", "conformance", "tests", "benchmarks", "noxfile.py")
+LINT_PATHS = ("vitspec", "conformance", "tests", "benchmarks", "examples", "noxfile.py")
 DEVICES = ["cpu", "cuda"]
 LIBRARIES = ["timm", "torchvision", "hf", "vit_pytorch"]
 

@@ -24,6 +24,7 @@ __all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "add_arguments", "build_parser"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 _DTYPES = ("float64", "float32", "bfloat16", "float16")
 _FALLBACK_DEFAULT_TARGET = "timm:vit_tiny_patch16_224"
+_MAX_SEED = 2**63 - 1
 
 
 class UsageError(Exception):
@@ -55,6 +56,8 @@ def _nonneg_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    if v > _MAX_SEED:  # torch.manual_seed raises past 2**64 - 1 (a traceback, not a usage error)
+        raise argparse.ArgumentTypeError(f"must be at most 2**63 - 1, got {v}")
     return v
 
 

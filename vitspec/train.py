@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def machine_info(threads: int | None = None) -> dict[str, object]:
-    """Where a run happened: UTC date, platform, CPU count, Python, torch and its thread count."""
+    """Where a run happened: UTC date, platform, CPU count, Python, torch, its thread count, load average."""
     import datetime
     import os
     import platform
@@ -260,6 +260,8 @@ def machine_info(threads: int | None = None) -> dict[str, object]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": threads if threads is not None else torch.get_num_threads(),
+        # The machine may be shared: the 1-minute load at the end of the run says how busy it was.
+        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
 
 
