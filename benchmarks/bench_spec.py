@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, peak_kb, reset_peak, run_subprocess, write_result
+from _common import RESULTS, interleaved, peak_kb, reset_peak, run_subprocess, write_result
 
 from vitspec import ViTClsSpec, ViTConfig, shape_checks
 
@@ -193,7 +193,15 @@ def main() -> None:
             out[name] = r
             print(f"{name:40s} ratio {r['ratio']:.3f} (target {r['target']})", flush=True)
     suffix = "_quick" if args.quick else ""
-    print("wrote", write_result(f"spec_{args.device}{suffix}", out))
+    name = f"spec_{args.device}{suffix}"
+    if args.only:
+        # A partial rerun updates its rows and keeps the others' recorded figures.
+        previous = RESULTS / f"{name}.json"
+        if previous.exists():
+            old = json.loads(previous.read_text())
+            old.pop("machine", None)
+            out = {**old, **out}
+    print("wrote", write_result(name, out))
 
 
 if __name__ == "__main__":
