@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
+from vitspec.argtypes import positive_int, seed_int
+
 if TYPE_CHECKING:
     from .report import Report
 
@@ -24,7 +26,6 @@ __all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "add_arguments", "build_parser"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 _DTYPES = ("float64", "float32", "bfloat16", "float16")
 _FALLBACK_DEFAULT_TARGET = "timm:vit_tiny_patch16_224"
-_MAX_SEED = 2**63 - 1
 
 
 class UsageError(Exception):
@@ -37,28 +38,6 @@ def _default_target() -> str:
     except ImportError:
         return _FALLBACK_DEFAULT_TARGET
     return str(DEFAULT_TARGET)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    if v > _MAX_SEED:  # torch.manual_seed raises past 2**64 - 1 (a traceback, not a usage error)
-        raise argparse.ArgumentTypeError(f"must be at most 2**63 - 1, got {v}")
-    return v
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,9 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="float64",
         help="model dtype; the spec reference is always float64 (default: float64)",
     )
-    parser.add_argument("--batch", type=_positive_int, default=2, metavar="N", help="input batch size (default: 2)")
+    parser.add_argument("--batch", type=positive_int, default=2, metavar="N", help="input batch size (default: 2)")
     parser.add_argument(
-        "--seed", type=_nonneg_int, default=0, metavar="N", help="seed for weights, input, cotangent (default: 0)"
+        "--seed", type=seed_int, default=0, metavar="N", help="seed for weights, input, cotangent (default: 0)"
     )
     parser.add_argument("--no-grads", dest="grads", action="store_false", help="compare the forward pass only")
     parser.add_argument("--json", metavar="PATH", help="write the report as JSON")

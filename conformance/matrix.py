@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vitspec.argtypes import positive_int, seed_int
+
 __all__ = ["CONFIGS", "MatrixRow", "load_rows", "main", "merge_rows", "render_markdown", "run_matrix"]
 
 MATRIX_SCHEMA = 1
@@ -278,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtypes", type=_dtypes, default=["float64"], help="comma list (default: float64)")
     p.add_argument("--out", required=True, type=Path, help="output directory (matrix.json, matrix.md, reports/)")
     p.add_argument("--only", default=None, metavar="SUBSTR", help="only configurations whose target contains SUBSTR")
-    p.add_argument("--batch", type=int, default=2, help="batch size (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--batch", type=positive_int, default=2, help="batch size (default: 2)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed (default: 0)")
     p.add_argument("--no-grads", dest="grads", action="store_false", help="forward only")
     return p
 

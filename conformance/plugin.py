@@ -36,6 +36,19 @@ _SUITE_DIR = Path(__file__).resolve().parent / "suite"
 _DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 
+def _positive_int(text: str) -> int:
+    # Imported on use: loading the plugin (every pytest run in this venv) must not import torch.
+    from vitspec.argtypes import positive_int
+
+    return positive_int(text)
+
+
+def _seed_int(text: str) -> int:
+    from vitspec.argtypes import seed_int
+
+    return seed_int(text)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("vitspec", "vitspec conformance suite (conformance/suite)")
     group.addoption(
@@ -46,8 +59,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--vit-device", default="cpu", choices=("cpu", "cuda"), help="device for the check (cpu)")
     group.addoption("--vit-dtype", default="float64", choices=_DTYPES, help="model dtype (float64)")
-    group.addoption("--vit-batch", default=2, type=int, metavar="N", help="batch size of the seeded input (2)")
-    group.addoption("--vit-seed", default=0, type=int, metavar="N", help="seed for weights and inputs (0)")
+    group.addoption(
+        "--vit-batch", default=2, type=_positive_int, metavar="N", help="batch size of the seeded input (2)"
+    )
+    group.addoption("--vit-seed", default=0, type=_seed_int, metavar="N", help="seed for weights and inputs (0)")
     group.addoption(
         "--vit-xfails",
         default=None,

@@ -97,7 +97,7 @@ def test_quiet_prints_one_line(capsys: pytest.CaptureFixture[str]) -> None:
         ),
         ([TINY, "--batch", "0"], "must be > 0"),
         ([TINY, "--batch", "x"], "positive integer"),
-        ([TINY, "--seed", "-1"], "must be >= 0"),
+        ([TINY, "--seed", "-1"], "must be between 0 and 2**63 - 1"),
         ([TINY, "--dtype", "int8"], "invalid choice"),
         ([TINY, "--device", "tpu"], "invalid choice"),
         ([TINY, "--bogus"], "unrecognized arguments"),

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
+from .argtypes import positive_float, positive_int, seed_int
 from .errors import VitSpecError
 
 __all__ = [
@@ -46,8 +46,6 @@ __all__ = [
 ]
 
 EXIT_USAGE = 2
-#: Largest accepted ``--seed`` (+1 still fits ``torch.Generator.manual_seed``).
-MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -74,38 +72,7 @@ def register(name: str, help: str, module: str, description: str = "") -> Comman
     return cmd
 
 
-# -- argparse value types shared by the subcommands (bad values: exit 2 with argparse's message) --
-def positive_int(text: str) -> int:
-    """``argparse`` type: an integer > 0."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    """``argparse`` type: a finite number > 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return v
-
-
-def seed_int(text: str) -> int:
-    """``argparse`` type: a seed, ``0 <= seed < 2**63``."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if not 0 <= v <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, got {v}")
-    return v
+# argparse value types shared by the subcommands live in vitspec.argtypes (re-exported here).
 
 
 def one_line(err: BaseException) -> str:

@@ -112,14 +112,21 @@ def _mha_backward_core(
     d_scores = softmax_backward(probs, d_probs) * scale
     dq = d_scores @ k
     dk = d_scores.transpose(-1, -2) @ q
-    dx: Tensor | None = None
-    for name, w, dproj in (("q", wq, dq), ("k", wk, dk), ("v", wv, dv)):
-        dm = _merge(dproj)
-        grads[f"dW{name}"] = flat2(x).T @ flat2(dm)
-        grads[f"db{name}"] = flat2(dm).sum(0)
-        # Accumulate in place into the first product (a fresh tensor) instead of adding to zeros.
-        dx = dm @ w.T if dx is None else dx.add_(dm @ w.T)
-    assert dx is not None
+    # The forward's fused Q/K/V projection, backwards: stack dQ, dK, dV as (*b, T, 3, A)
+    # so the weight gradient and the input gradient are one GEMM each, then split.
+    heads, hd = q.shape[-3], q.shape[-1]
+    a = heads * hd
+    d5 = x.new_empty((*x.shape[:-1], 3, heads, hd))
+    for i, d in enumerate((dq, dk, dv)):
+        d5.select(-3, i).copy_(d.transpose(-3, -2))  # one strided copy each, no temporaries
+    d_qkv = d5.flatten(-3)  # (*b, T, 3A)
+    d_qkv2 = flat2(d_qkv)
+    dw_qkv = flat2(x).T @ d_qkv2  # (E, 3A)
+    db_qkv = d_qkv2.sum(0)
+    dx = d_qkv @ torch.cat((wq, wk, wv), dim=1).T
+    for i, name in enumerate("qkv"):
+        grads[f"dW{name}"] = dw_qkv[:, i * a : (i + 1) * a]
+        grads[f"db{name}"] = db_qkv[i * a : (i + 1) * a]
     return dx, grads
 
 
