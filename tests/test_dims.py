@@ -362,3 +362,36 @@ def test_dsl_env_var_sets_the_switch_at_import(value: str | None, enabled: bool)
         f"DSL VITSPEC_SHAPE_CHECKS={value!r} at import: checks {'on' if enabled else 'off'}, "
         f"and shape_checks(True) turns them back on; got {got}"
     )
+
+
+def test_nested_checked_calls_are_checked_only_under_all() -> None:
+    """The outermost checked call checks its boundary; ``shape_checks("all")`` also checks calls it makes."""
+    from vitspec import ShapeError, ViTConfig, bind_dims, checked, shape_checks
+    from vitspec.dims import Dims, Float
+
+    @checked
+    def inner(x: Float[torch.Tensor, "tokens embed_dim"]) -> Float[torch.Tensor, "tokens embed_dim"]:
+        return x
+
+    @checked
+    def outer(x: Float[torch.Tensor, "tokens embed_dim"]) -> Float[torch.Tensor, " embed_dim"]:
+        inner(x[:, :-1])  # a wrong embed_dim, visible only to a check of the nested call
+        return x.sum(0)
+
+    d = Dims.from_config(ViTConfig(4, 4, 4, 0, 8, 16, 2, 1, 3), 3, 8, 8)  # tokens 4, embed_dim 8
+    ok = torch.zeros(4, 8)
+    with bind_dims(d):
+        assert outer(ok).shape == (8,), "default: the nested call runs unchecked"
+        with shape_checks("all"), pytest.raises(ShapeError, match=r"inner: argument 'x' dimension 'embed_dim'"):
+            outer(ok)
+        with pytest.raises(ShapeError, match="embed_dim"):
+            inner(ok[:, :-1])  # called directly, inner is the outermost call and is checked
+        with pytest.raises(ShapeError, match="tokens = out_h\\*out_w = 2\\*2 = 4"):
+            outer(torch.zeros(5, 8))  # the boundary of the outer call is always checked
+
+
+def test_shape_checks_rejects_unknown_modes() -> None:
+    from vitspec import shape_checks
+
+    with pytest.raises(ValueError, match="True, False or 'all'"):
+        shape_checks("some")

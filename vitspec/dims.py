@@ -75,8 +75,20 @@ DIM_NAMES: dict[str, str] = {
 
 
 # -- the switch ----------------------------------------------------------------
+_ENV = os.environ.get("VITSPEC_SHAPE_CHECKS", "1").strip().lower()
+
+
 class _State:
-    enabled: bool = os.environ.get("VITSPEC_SHAPE_CHECKS", "1").strip().lower() not in ("0", "false", "off", "no")
+    enabled: bool = _ENV not in ("0", "false", "off", "no")
+    # By default only the outermost checked call in a stack is checked: it validates every
+    # tensor that crosses its boundary (arguments and return value) against the bound dims,
+    # so re-checking the primitives it calls would only repeat work (about 90 us a call).
+    # ``VITSPEC_SHAPE_CHECKS=all`` / ``shape_checks("all")`` checks nested calls as well.
+    nested: bool = _ENV == "all"
+
+
+#: True while a checked call is being checked (so the calls it makes are nested).
+_INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("vitspec_inside_checked", default=False)
 
 
 def shape_checks_enabled() -> bool:
@@ -89,17 +101,26 @@ class shape_checks:  # noqa: N801 - used like a function
     >>> shape_checks(False)          # off from here on
     >>> with shape_checks(False):    # off inside the block, restored after
     ...     ...
+    >>> shape_checks("all")          # on, and nested checked calls are checked too
+
+    ``True`` (the default) checks the outermost checked call of each stack: a model's
+    stage functions check every tensor crossing their boundary, and the primitives they
+    call run unchecked. ``"all"`` also checks those nested calls (for debugging a new
+    primitive); it costs about 90 us per call.
     """
 
-    def __init__(self, enabled: bool = True) -> None:
-        self._previous = _State.enabled
+    def __init__(self, enabled: bool | str = True) -> None:
+        if isinstance(enabled, str) and enabled != "all":
+            raise ValueError(f"shape_checks takes True, False or 'all', got {enabled!r}")
+        self._previous = (_State.enabled, _State.nested)
         _State.enabled = bool(enabled)
+        _State.nested = enabled == "all"
 
     def __enter__(self) -> shape_checks:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _State.enabled = self._previous
+        _State.enabled, _State.nested = self._previous
 
 
 # -- dims bound by the spec's formulas -----------------------------------------
@@ -328,17 +349,20 @@ def checked(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        if not _State.enabled:
+        if not _State.enabled or (_INSIDE.get() and not _State.nested):
             return fn(*args, **kwargs)
         arguments = sig.bind(*args, **kwargs).arguments
         dims = _CURRENT.get()
         _pre_check(spec, arguments, dims)
+        token = _INSIDE.set(True)
         try:
             out = typed(*args, **kwargs)
         except TypeCheckError as e:
             # _pre_check covers the argument side, so what is left is the return
             # value or a dtype kind (e.g. an integer tensor where Float is annotated).
             raise ShapeError(f"{spec.name}: jaxtyping rejected the call:\n{e}", function=spec.name) from None
+        finally:
+            _INSIDE.reset(token)
         if dims is not None and spec.ret is not None and isinstance(out, torch.Tensor):
             binds, _ = _bindings(spec.ret, tuple(out.shape))
             for name, axis, size in binds:
