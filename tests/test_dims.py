@@ -367,7 +367,7 @@ def test_dsl_env_var_sets_the_switch_at_import(value: str | None, enabled: bool)
 def test_nested_checked_calls_are_checked_only_under_all() -> None:
     """The outermost checked call checks its boundary; ``shape_checks("all")`` also checks calls it makes."""
     from vitspec import ShapeError, ViTConfig, bind_dims, checked, shape_checks
-    from vitspec.dims import Dims, Float
+    from vitspec.dims import Dims
 
     @checked
     def inner(x: Float[torch.Tensor, "tokens embed_dim"]) -> Float[torch.Tensor, "tokens embed_dim"]:
