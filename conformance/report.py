@@ -9,18 +9,17 @@ truncated report behind.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
-import tempfile
 import textwrap
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
+
+from vitspec._fs import atomic_write, atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -419,34 +418,5 @@ def _grad_row(g: GradResult, native: bool) -> list[str]:
     return [*row, format_err(g.tol), _verdict(g.ok, True, g.note)]
 
 
-# -- atomic writes ------------------------------------------------------------------
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None]) -> Path:
-    """Write via a temp file in the destination directory, then ``os.replace`` it in.
-
-    ``os.replace`` is atomic on POSIX and Windows when source and destination are on
-    the same filesystem, which a sibling temp file guarantees. On any error the temp
-    file is removed and the destination is left as it was.
-    """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be shared
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return dest
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    return _atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+# Atomic writes live in vitspec._fs; ``_atomic_write`` keeps the name this module used.
+_atomic_write = atomic_write
