@@ -10,10 +10,8 @@ a fresh subprocess with a fixed mmap threshold so freed tensors go back to the O
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -24,21 +22,10 @@ from pathlib import Path
 
 import torch
 
+from vitspec._env import machine_info
+from vitspec._fs import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> dict[str, object]:
-    info: dict[str, object] = {
-        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "processor": platform.processor() or platform.machine(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def _sync(device: str) -> None:
@@ -86,9 +73,5 @@ def run_subprocess(args: list[str]) -> dict:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps({"machine": machine_info(), **payload}, indent=2, default=str))

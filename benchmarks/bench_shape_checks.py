@@ -21,11 +21,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import json
-import os
-import platform
 import random
 import statistics
 import time
@@ -39,6 +36,8 @@ import torch
 import vitspec
 from vitspec import Dims, ViTConfig, bind_dims, shape_checks
 from vitspec import primitives as P
+from vitspec._env import machine_info
+from vitspec._fs import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "shape_checks.json"
 MODES = ("raw", "off", "on")
@@ -144,21 +143,6 @@ def run(reps: int, target_s: float, seed: int = 0) -> dict[str, Any]:
     return results
 
 
-def machine_info() -> dict[str, Any]:
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "vitspec": vitspec.__version__,
-        # Other jobs share this machine: the 1-minute load says how busy it was.
-        "loadavg_1m": round(os.getloadavg()[0], 2),
-    }
-
-
 def table(results: dict[str, Any]) -> str:
     cols = f"{'raw µs':>9} {'off µs':>9} {'on µs':>9} {'off/raw':>8} {'on/raw':>7} {'off-raw µs':>11}"
     head = f"{'op':<11} {'stat':<6} {cols}"
@@ -201,8 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "results": results,
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(a.out, json.dumps(doc, indent=2) + "\n")
     print(f"wrote {a.out}")
 
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from ._env import machine_info
 from .config import ViTConfig
 
 __all__ = ["TrainConfig", "TrainResult", "add_arguments", "add_parser", "load_digits_tensors", "run", "train_digits"]
@@ -244,25 +245,6 @@ def run(args: argparse.Namespace) -> int:
         payload = {**json.loads(result.to_json()), "machine": machine_info(tc.threads)}
         atomic_write_text(args.json, json.dumps(payload, indent=2) + "\n")
     return 0
-
-
-def machine_info(threads: int | None = None) -> dict[str, object]:
-    """Where a run happened: UTC date, platform, CPU count, Python, torch, its thread count, load average."""
-    import datetime
-    import os
-    import platform
-
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": threads if threads is not None else torch.get_num_threads(),
-        # The machine may be shared: the 1-minute load at the end of the run says how busy it was.
-        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-    }
 
 
 _run = run  # the name ``add_parser`` used to register
