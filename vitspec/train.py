@@ -133,7 +133,7 @@ def train_digits(
 
 
 class _Bar:
-    """A rich progress bar when rich is installed and stdout is a terminal; silent otherwise."""
+    """A rich progress bar (when rich is installed); on a non-terminal rich prints only its final state."""
 
     def __init__(self, epochs: int) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
