@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
-from .argtypes import positive_float, positive_int, seed_int
 from .errors import VitSpecError
 
 __all__ = [
@@ -39,10 +38,7 @@ __all__ = [
     "build_parser",
     "main",
     "one_line",
-    "positive_float",
-    "positive_int",
     "register",
-    "seed_int",
 ]
 
 EXIT_USAGE = 2
@@ -70,9 +66,6 @@ def register(name: str, help: str, module: str, description: str = "") -> Comman
     cmd = Command(name, help, module, description or help)
     COMMANDS[name] = cmd
     return cmd
-
-
-# argparse value types shared by the subcommands live in vitspec.argtypes (re-exported here).
 
 
 def one_line(err: BaseException) -> str:

@@ -169,7 +169,7 @@ MAX_THREADS = 256
 
 
 def _threads(text: str) -> int:
-    from .cli import positive_int
+    from .argtypes import positive_int
 
     v = positive_int(text)
     if v > MAX_THREADS:
@@ -179,7 +179,7 @@ def _threads(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``vitspec train`` arguments (the ``vitspec.cli`` registry calls this)."""
-    from .cli import positive_float, positive_int, seed_int
+    from .argtypes import positive_float, positive_int, seed_int
     from .profiles import PROFILES
 
     d = TrainConfig()

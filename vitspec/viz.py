@@ -122,7 +122,7 @@ def _load_image(path: str, in_c: int, in_h: int, in_w: int) -> torch.Tensor:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``vitspec attention-map`` arguments (the ``vitspec.cli`` registry calls this)."""
-    from .cli import seed_int
+    from .argtypes import seed_int
 
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="PATH", help="a spec model saved with m.save(PATH) (.safetensors)")
