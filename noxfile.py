@@ -91,6 +91,12 @@ def conformance(session: nox.Session, library: str, device: str) -> None:
 
 
 @nox.session
+def zoo(session: nox.Session) -> None:
+    """The model zoo (conformance.zoo): every configuration unmodified and perturbed; writes docs/zoo.md."""
+    session.run(PY, "-m", "conformance.zoo", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Every benchmarks/bench_*.py in turn; arguments after ``--`` are passed to each."""
     scripts = sorted((ROOT / "benchmarks").glob("bench_*.py"))

@@ -72,6 +72,6 @@ def run_subprocess(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def write_result(name: str, payload: dict) -> Path:
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, payload: dict, *, directory: Path = RESULTS) -> Path:
+    path = directory / f"{name}.json"
     return atomic_write_text(path, json.dumps({"machine": machine_info(), **payload}, indent=2, default=str))

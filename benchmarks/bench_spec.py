@@ -1,6 +1,7 @@
 """Issue 4 benchmarks: the executable spec against autograd and against timm.
 
-ViT-S/16 (384/1536/6 heads/12 layers), 224×224, batch 8, float32, one device, side by side:
+ViT-S/16 (384/1536/6 heads/12 layers), 224×224, batch 8, float32, one device, side by side
+(``--model vit_b16 --batch 64 --dtype bfloat16`` for the CUDA figures):
 
 1. explicit backward (which includes its own forward) / autograd forward+backward   target ≤ 1.05
 2. recompute-mode peak memory / cache-mode peak memory                              target ≤ 0.5
@@ -8,9 +9,11 @@ ViT-S/16 (384/1536/6 heads/12 layers), 224×224, batch 8, float32, one device, s
 3. forward with shape checks on / off                                              target ≤ 1.03
 4. spec forward under the timm profile / timm's own forward, same config and weights target ≤ 1.05
 
-    python benchmarks/bench_spec.py [--device cpu|cuda] [--reps 7] [--quick]
+    python benchmarks/bench_spec.py [--device cpu|cuda] [--model vit_s16|vit_b16] [--batch N]
+                                    [--dtype float32|bfloat16|float16] [--reps 7] [--quick] [--out DIR]
 
-Writes benchmarks/results/spec_<device>.json; docs/benchmarks.md summarises it.
+Writes DIR/spec_<device>[_<dtype>][_quick].json (DIR defaults to benchmarks/results; the dtype
+suffix is left out for float32); benchmarks/summarize.py renders them into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -27,9 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, interleaved, peak_kb, reset_peak, run_subprocess, write_result
 
 from vitspec import ViTClsSpec, ViTConfig, shape_checks
+from vitspec.argtypes import positive_int
 
 VIT_S16 = ViTConfig(16, 16, 16, 0, 384, 1536, 6, 12, 1000)
 VIT_B16 = ViTConfig(16, 16, 16, 0, 768, 3072, 12, 12, 1000)
+#: --model choices: (spec config, the timm model of the same architecture, label)
+MODELS = {
+    "vit_s16": (VIT_S16, "vit_small_patch16_224", "ViT-S/16"),
+    "vit_b16": (VIT_B16, "vit_base_patch16_224", "ViT-B/16"),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUICK_LAYERS, QUICK_BATCH = 4, 2
 
 
 def _setup(cfg: ViTConfig, batch: int, dtype: torch.dtype, device: str, profile: str = "torchlean"):
@@ -83,10 +94,11 @@ def recompute_vs_cache_time(cfg: ViTConfig, batch: int, dtype: torch.dtype, devi
     }
 
 
-def _peak_child(mode: str, device: str, quick: bool) -> None:
+def _peak_child(mode: str, args: argparse.Namespace) -> None:
     """Runs in a subprocess: peak memory of one backward above the resident set before it."""
-    cfg = VIT_S16 if not quick else VIT_S16.replace(num_layers=4)
-    m, x, gy = _setup(cfg, 8 if not quick else 2, torch.float32, device)
+    cfg, batch, dtype = _workload(args)
+    device = args.device
+    m, x, gy = _setup(cfg, batch, dtype, device)
     with torch.no_grad():
         m.backward(x, gy, mode=mode)  # warm-up: lazy initialisation is not part of the peak
     gc.collect()
@@ -104,13 +116,11 @@ def _peak_child(mode: str, device: str, quick: bool) -> None:
     print(json.dumps({"mode": mode, "peak_bytes": peak}))
 
 
-def recompute_vs_cache_memory(device: str, quick: bool) -> dict:
+def recompute_vs_cache_memory(args: argparse.Namespace) -> dict:
     here = str(Path(__file__).resolve())
-    extra = ["--quick"] if quick else []
-    res = {
-        mode: run_subprocess([here, "--peak-child", mode, "--device", device, *extra])
-        for mode in ("cache", "recompute")
-    }
+    same = ["--device", args.device, "--model", args.model, "--dtype", args.dtype]
+    same += [*(["--batch", str(args.batch)] if args.batch else []), *(["--quick"] if args.quick else [])]
+    res = {mode: run_subprocess([here, "--peak-child", mode, *same]) for mode in ("cache", "recompute")}
     ratio = res["recompute"]["peak_bytes"] / res["cache"]["peak_bytes"]
     return {"peak_bytes": {k: v["peak_bytes"] for k, v in res.items()}, "ratio": ratio, "target": 0.5}
 
@@ -135,13 +145,14 @@ def checks_on_off(cfg: ViTConfig, batch: int, dtype: torch.dtype, device: str, r
     }
 
 
-def spec_vs_timm(batch: int, dtype: torch.dtype, device: str, reps: int) -> dict:
+def spec_vs_timm(timm_name: str, cfg: ViTConfig, batch: int, dtype: torch.dtype, device: str, reps: int) -> dict:
     import timm
 
     from conformance.adapters import detect
 
     torch.manual_seed(0)
-    tm = timm.create_model("vit_small_patch16_224", pretrained=False).eval().to(device=device, dtype=dtype)
+    tm = timm.create_model(timm_name, pretrained=False, depth=cfg.num_layers)
+    tm = tm.eval().to(device=device, dtype=dtype)
     adapter = detect(tm)
     d = adapter.describe()
     sd = adapter.to_spec({k: v.detach() for k, v in tm.named_parameters()})
@@ -169,39 +180,50 @@ def spec_vs_timm(batch: int, dtype: torch.dtype, device: str, reps: int) -> dict
     }
 
 
-def main() -> None:
+def _workload(args: argparse.Namespace) -> tuple[ViTConfig, int, torch.dtype]:
+    """(config, batch, dtype) the flags ask for; ``--quick`` keeps 4 layers and, unless --batch says, batch 2."""
+    cfg = MODELS[args.model][0]
+    if args.quick:
+        return cfg.replace(num_layers=QUICK_LAYERS), args.batch or QUICK_BATCH, DTYPES[args.dtype]
+    return cfg, args.batch or 8, DTYPES[args.dtype]
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--reps", type=int, default=15, help="interleaved repetitions per contender (default 15)")
+    ap.add_argument("--model", choices=tuple(MODELS), default="vit_s16", help="architecture (default vit_s16)")
+    ap.add_argument("--batch", type=positive_int, default=None, help="batch size (default 8; 2 with --quick)")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype of every contender (float32)")
+    ap.add_argument("--reps", type=positive_int, default=15, help="interleaved repetitions per contender (default 15)")
     ap.add_argument("--quick", action="store_true", help="4 layers, batch 2: a smoke run, not the recorded figures")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default benchmarks/results)")
     ap.add_argument("--peak-child", choices=("cache", "recompute"), help=argparse.SUPPRESS)
     ap.add_argument("--only", default="", help="comma list of: explicit,recompute,memory,checks,timm")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.peak_child:
-        _peak_child(args.peak_child, args.device, args.quick)
+        _peak_child(args.peak_child, args)
         return
-    cfg, batch = (VIT_S16, 8) if not args.quick else (VIT_S16.replace(num_layers=4), 2)
-    dt = torch.float32
+    cfg, batch, dt = _workload(args)
+    _, timm_name, label = MODELS[args.model]
     only = set(filter(None, args.only.split(","))) or {"explicit", "recompute", "memory", "checks", "timm"}
     out: dict = {
-        "config": "ViT-S/16 224x224" if not args.quick else "ViT-S/16 (4 layers) quick",
+        "config": f"{label} 224x224" if not args.quick else f"{label} ({QUICK_LAYERS} layers) quick",
         "batch": batch,
-        "dtype": "float32",
+        "dtype": args.dtype,
         "device": args.device,
         "reps": args.reps,
     }
+    dev, reps = args.device, args.reps
     steps = {
-        "explicit": (
-            "explicit_backward_vs_autograd",
-            lambda: explicit_vs_autograd(cfg, batch, dt, args.device, args.reps),
-        ),
-        "recompute": (
-            "recompute_vs_cache_time",
-            lambda: recompute_vs_cache_time(cfg, batch, dt, args.device, args.reps),
-        ),
-        "memory": ("recompute_vs_cache_peak_memory", lambda: recompute_vs_cache_memory(args.device, args.quick)),
-        "checks": ("forward_checks_on_vs_off", lambda: checks_on_off(cfg, batch, dt, args.device, args.reps)),
-        "timm": ("spec_timm_profile_vs_timm_forward", lambda: spec_vs_timm(batch, dt, args.device, args.reps)),
+        "explicit": ("explicit_backward_vs_autograd", lambda: explicit_vs_autograd(cfg, batch, dt, dev, reps)),
+        "recompute": ("recompute_vs_cache_time", lambda: recompute_vs_cache_time(cfg, batch, dt, dev, reps)),
+        "memory": ("recompute_vs_cache_peak_memory", lambda: recompute_vs_cache_memory(args)),
+        "checks": ("forward_checks_on_vs_off", lambda: checks_on_off(cfg, batch, dt, dev, reps)),
+        "timm": ("spec_timm_profile_vs_timm_forward", lambda: spec_vs_timm(timm_name, cfg, batch, dt, dev, reps)),
     }
     for key, (name, fn) in steps.items():
         if key in only:
@@ -209,16 +231,15 @@ def main() -> None:
             out[name] = r
             extra = f", min-ratio {r['ratio_min']:.3f}" if "ratio_min" in r else ""
             print(f"{name:40s} ratio {r['ratio']:.3f} (target {r['target']}){extra}", flush=True)
-    suffix = "_quick" if args.quick else ""
-    name = f"spec_{args.device}{suffix}"
+    name = f"spec_{args.device}" + ("" if args.dtype == "float32" else f"_{args.dtype}") + ("_quick" * args.quick)
     if args.only:
         # A partial rerun updates its rows and keeps the others' recorded figures.
-        previous = RESULTS / f"{name}.json"
+        previous = args.out / f"{name}.json"
         if previous.exists():
             old = json.loads(previous.read_text())
             old.pop("machine", None)
             out = {**old, **out}
-    print("wrote", write_result(name, out))
+    print("wrote", write_result(name, out, directory=args.out))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ pytest run, so importing ``conformance`` must not pull in torch or third-party l
 
 - :func:`check` (:mod:`conformance.compare`) and :class:`Report` (:mod:`conformance.report`);
 - :func:`detect` (:mod:`conformance.adapters`): the adapter for a model;
-- :func:`build_target` (:mod:`conformance.targets`): a model from ``LIBRARY:NAME``.
+- :func:`build_target` (:mod:`conformance.targets`): a model from ``LIBRARY:NAME``;
+- :func:`assert_conforms` and :class:`ConformanceError` (:mod:`conformance.assertions`): ``check``
+  as an assertion for a user's own tests (docs/pytest.md).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .adapters import detect
+    from .assertions import ConformanceError, assert_conforms
     from .compare import check
     from .report import Report, Status
     from .targets import build_target
 
-__all__ = ["Report", "Status", "build_target", "check", "detect"]
+__all__ = ["ConformanceError", "Report", "Status", "assert_conforms", "build_target", "check", "detect"]
 
 _LAZY = {
     "check": "conformance.compare",
@@ -32,6 +35,8 @@ _LAZY = {
     "Status": "conformance.report",
     "detect": "conformance.adapters",
     "build_target": "conformance.targets",
+    "assert_conforms": "conformance.assertions",
+    "ConformanceError": "conformance.assertions",
 }
 
 

@@ -1,15 +1,23 @@
 """Capture intermediate tensors of a third-party model at the spec's stage boundaries.
 
-An adapter names, per stage, a module and whether the stage is that module's output
-(forward hook) or input (forward-pre hook), plus a transform to the spec layout
-(``conformance.adapters.CapturePoint``). :func:`capture` registers those hooks for the
-duration of a ``with`` block and *always* removes them, also when the forward raises,
-so a checked model is left exactly as it was.
+This is the only module that hooks a model. An adapter names, per stage, one or more
+*candidate* points (``conformance.adapters.CapturePoint``): a module, whether the stage's
+tensor is that module's output (forward hook) or input (forward-pre hook), a transform to
+the spec layout and a label. Candidates are in preference order; typically the first is
+the *consumer* of the stage (``blocks.1``'s input is ``blocks.0``'s output) and the next
+the stage's own module, so a library that skips or replaces a module (a patched
+``_pos_embed`` that never calls ``pos_drop``) is still observed through a neighbour, and
+the report says which neighbour stood in. When two candidates both ran but saw different
+tensors, something between them changed the tensor: that is reported too.
+
+:func:`capture` registers the hooks for the duration of a ``with`` block and *always*
+removes them, also when the forward raises, so a checked model is left as it was. The
+hooks only read (they return ``None``), so they cannot alter the model's computation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,7 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CaptureError", "Captured", "PointLike", "capture"]
+__all__ = ["CaptureError", "Captured", "PointLike", "capture", "first_input"]
 
 
 class PointLike(Protocol):
@@ -29,16 +37,36 @@ class PointLike(Protocol):
 
 
 class CaptureError(RuntimeError):
-    """A capture point is malformed or its transform failed (an adapter bug, not a model bug)."""
+    """A capture point is malformed (an adapter bug, not a model bug)."""
+
+
+def first_input(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    """A module's first input: the first positional argument, else the first keyword value."""
+    return args[0] if args else next(iter(kwargs.values()), None)
+
+
+def _label(name: str, index: int, point: PointLike) -> str:
+    return str(getattr(point, "where", "") or f"{name} candidate {index} ({point.kind})")
 
 
 @dataclass
 class Captured:
-    """Captured tensors by stage name (detached float copies, first call only) and call counts."""
+    """What the hooks saw: per stage the chosen tensor, which candidate it came from, and notes.
+
+    ``tensors``: detached copies of the first call of the first candidate that ran.
+    ``sources``: the label of that candidate. ``calls``: how often each stage's chosen module
+    ran. ``errors``: stages whose transform failed. ``notes``: stand-ins and disagreements.
+    """
 
     tensors: dict[str, Tensor] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    _seen: dict[str, list[Tensor | None]] = field(default_factory=dict, repr=False)
+    _counts: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    _labels: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _failed: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def __contains__(self, name: object) -> bool:
         return name in self.tensors
@@ -51,61 +79,98 @@ class Captured:
 
     @property
     def repeated(self) -> list[str]:
-        """Stages whose module ran more than once (only the first call was kept)."""
+        """Stages whose chosen module ran more than once (only the first call was kept)."""
         return [n for n, c in self.calls.items() if c > 1]
 
+    def missing_reason(self, name: str) -> str:
+        """Why ``name`` has no tensor: which candidates were tried (or that there were none)."""
+        labels = self._labels.get(name)
+        if name in self.errors:
+            return f"not captured: {self.errors[name]}"
+        if not labels:
+            return "not captured: the adapter names no capture point for this stage"
+        return "not captured: none of " + ", ".join(labels) + " ran during the forward"
 
-def _register(out: Captured, name: str, point: PointLike) -> torch.utils.hooks.RemovableHandle:
+    def _resolve(self) -> None:
+        """Pick each stage's tensor: the first candidate that ran; note stand-ins and disagreements."""
+        for name, seen in self._seen.items():
+            labels = self._labels[name]
+            ran = [i for i, t in enumerate(seen) if t is not None]
+            if not ran:
+                self.calls[name] = max(self._counts[name], default=0)
+                if self._failed.get(name):
+                    self.errors[name] = "; ".join(self._failed[name])
+                continue
+            pick = ran[0]
+            self.tensors[name] = seen[pick]  # type: ignore[assignment]
+            self.sources[name] = labels[pick]
+            self.calls[name] = self._counts[name][pick]
+            if pick > 0:
+                skipped = ", ".join(labels[:pick])
+                self.notes.append(f"{name}: {skipped} did not run; {labels[pick]} stood in")
+            for j in ran[1:]:
+                a, b = seen[pick], seen[j]
+                assert a is not None and b is not None
+                if a.shape != b.shape or not torch.equal(a, b):
+                    d = float((a - b).abs().max()) if a.shape == b.shape else float("nan")
+                    self.notes.append(
+                        f"{name}: {labels[pick]} and {labels[j]} differ (max abs {d:.1e}): something between "
+                        f"them changes the tensor; {labels[pick]} was compared"
+                    )
+
+
+def _register(out: Captured, name: str, index: int, point: PointLike) -> torch.utils.hooks.RemovableHandle:
     kind = getattr(point, "kind", None)
     module = getattr(point, "module", None)
     if not isinstance(module, nn.Module):
         raise CaptureError(f"capture point {name!r}: module is {type(module).__name__}, not an nn.Module")
     if kind not in ("output", "input"):
         raise CaptureError(f"capture point {name!r}: kind must be 'output' or 'input', got {kind!r}")
+    seen, counts, failed = out._seen[name], out._counts[name], out._failed.setdefault(name, [])
 
-    def transformed(value: Any) -> None:
-        out.calls[name] = out.calls.get(name, 0) + 1
-        if name in out.tensors or name in out.errors:
+    def keep(value: Any) -> None:
+        counts[index] += 1
+        if counts[index] > 1:
             return  # keep the first call: a ViT runs each stage module once per forward
         try:
             t = point.transform(value)
         except Exception as e:  # an adapter's transform must not take the model's forward down
-            out.errors[name] = f"{type(e).__name__}: {e}"
+            failed.append(f"transform of {_label(name, index, point)} failed: {type(e).__name__}: {e}")
             return
         if not isinstance(t, Tensor):
-            out.errors[name] = f"transform returned {type(t).__name__}, not a Tensor"
+            failed.append(f"transform of {_label(name, index, point)} returned {type(t).__name__}, not a Tensor")
             return
         # Detach + clone: the hook must not keep the autograd graph alive, and later
         # in-place ops of the model must not change what was captured.
-        out.tensors[name] = t.detach().clone()
+        seen[index] = t.detach().clone()
 
     if kind == "output":
-        return module.register_forward_hook(lambda _m, _a, output: transformed(output))
-
-    # Same convention as CapturePoint.register: the first positional input, else the first keyword value.
-    def pre_hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        transformed(args[0] if args else next(iter(kwargs.values())))
-
-    return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        return module.register_forward_hook(lambda _m, _a, output: keep(output))
+    return module.register_forward_pre_hook(lambda _m, a, kw: keep(first_input(a, kw)), with_kwargs=True)
 
 
 @contextmanager
-def capture(points: Mapping[str, PointLike]) -> Iterator[Captured]:
-    """Register a hook per capture point; yield the :class:`Captured` they fill.
+def capture(points: Mapping[str, PointLike | Sequence[PointLike]]) -> Iterator[Captured]:
+    """Register a hook per candidate point; yield the :class:`Captured` they fill.
 
+    ``points`` maps a stage name to one point or to candidates in preference order.
     ``kind == "output"``: forward hook, the transform gets the module's output.
-    ``kind == "input"``: forward-pre hook, the transform gets the module's first input
-    (as ``conformance.adapters.CapturePoint.register`` does). The hooks only read;
-    they never return a value, so they cannot alter the model's computation. All
-    handles are removed on exit, whatever happens inside the block (also when
-    registering a later point fails).
+    ``kind == "input"``: forward-pre hook, the transform gets the module's first input.
+    On exit every handle is removed (whatever happens inside the block, also when
+    registering a later point fails) and each stage's tensor is chosen.
     """
     out = Captured()
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
-        for name, point in points.items():
-            handles.append(_register(out, name, point))
+        for name, given in points.items():
+            cands = list(given) if isinstance(given, Sequence) else [given]
+            out._seen[name] = [None] * len(cands)
+            out._counts[name] = [0] * len(cands)
+            out._labels[name] = [_label(name, i, p) for i, p in enumerate(cands)]
+            for i, p in enumerate(cands):
+                handles.append(_register(out, name, i, p))
         yield out
     finally:
         for h in handles:
             h.remove()
+        out._resolve()

@@ -1,8 +1,11 @@
 """``python -m conformance [TARGET]`` (== ``vitspec conform [TARGET]``): check one ViT against the spec.
 
 Exit codes: 0 conformant, 1 not conformant (MISMATCH / NONFINITE / CRASH: the first
-divergent stage and the stage table are printed), 2 usage error, unknown target or a
-model the spec cannot express (one message on stderr, never a traceback).
+divergent stage and the stage table are printed), 2 usage error (bad flags, an output that
+cannot be written, a target that cannot be found or built, a factory that raises or calls
+``sys.exit``, a check that cannot fit in memory), 3 the spec cannot express the model
+(UNSUPPORTED), 4 the check ran past ``--timeout``. For 2, 3 and 4 one line goes to stderr,
+never a traceback (``--debug`` prints it).
 
 The module imports nothing heavy at import time, so ``--help`` is instant and the
 ``vitspec`` command can build its parser cheaply.
@@ -11,25 +14,57 @@ The module imports nothing heavy at import time, so ``--help`` is instant and th
 from __future__ import annotations
 
 import argparse
-import os
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from vitspec.argtypes import positive_int, seed_int
+from vitspec._fs import safe_streams
+from vitspec.argtypes import (
+    TARGET_GRAMMAR,
+    OneLineParser,
+    nonempty_str,
+    output_path,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 
 if TYPE_CHECKING:
     from .report import Report
 
-__all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "add_arguments", "build_parser", "main", "render", "run"]
+__all__ = [
+    "EXIT_FAIL",
+    "EXIT_OK",
+    "EXIT_TIMEOUT",
+    "EXIT_UNSUPPORTED",
+    "EXIT_USAGE",
+    "add_arguments",
+    "build_parser",
+    "main",
+    "render",
+    "run",
+]
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+EXIT_STATUS = (
+    "exit status: 0 conformant, 1 not conformant (MISMATCH/NONFINITE/CRASH), 2 usage error (bad flags, "
+    "unwritable output, a target that cannot be found or built, not enough memory), 3 the spec cannot "
+    "express the model (UNSUPPORTED), 4 the check ran past --timeout"
+)
+_MAX_ERROR = 500  # characters in a one-line error
 _DTYPES = ("float64", "float32", "bfloat16", "float16")
 _FALLBACK_DEFAULT_TARGET = "timm:vit_tiny_patch16_224"
 
 
 class UsageError(Exception):
     """A problem with what the user asked for: reported as one line, exit code 2."""
+
+
+class CheckTimeout(BaseException):  # BaseException: a model's `except Exception` cannot swallow it
+    """The check ran past ``--timeout``."""
 
 
 def _default_target() -> str:
@@ -46,8 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "target",
         nargs="?",
         default=None,
+        type=nonempty_str,
         metavar="TARGET",
-        help=f"model to check, LIBRARY:NAME (default: conformance.targets.DEFAULT_TARGET = {_FALLBACK_DEFAULT_TARGET})",
+        help=f"model to check (default: {_FALLBACK_DEFAULT_TARGET}); see the TARGET grammar below",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
     parser.add_argument(
@@ -61,20 +97,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=seed_int, default=0, metavar="N", help="seed for weights, input, cotangent (default: 0)"
     )
     parser.add_argument("--no-grads", dest="grads", action="store_false", help="compare the forward pass only")
-    parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
-    parser.add_argument("--markdown", metavar="PATH", help="write the report as Markdown")
-    parser.add_argument("--plot", metavar="PATH", help="write a PNG of per-stage errors vs tolerance")
+    parser.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="load real weights into the target first: .safetensors or a torch checkpoint (strict key match)",
+    )
+    parser.add_argument(
+        "--input",
+        metavar="PATH",
+        help="check on real inputs: an image, a directory of images (preprocessed as the library does) "
+        "or a saved tensor .pt/.safetensors; the batch is then its size",
+    )
+    out = "('-' = stdout; the table then goes to stderr)"
+    parser.add_argument("--json", metavar="PATH", type=output_path, help=f"write the report as JSON {out}")
+    parser.add_argument("--markdown", metavar="PATH", type=output_path, help=f"write the report as Markdown {out}")
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        type=output_path,
+        help="write a PNG of per-stage errors vs tolerance (needs matplotlib)",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="print only the verdict line")
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="stop a check still running after SECONDS: TIMEOUT, exit status 4 (default: no limit)",
+    )
+    parser.add_argument(
+        "--no-memory-check",
+        dest="memory_check",
+        action="store_false",
+        help="skip the refusal of a check whose estimated memory exceeds what is available",
+    )
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error (exit 2) too")
+    parser.epilog = f"{TARGET_GRAMMAR}\n\n{EXIT_STATUS}"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def build_parser(prog: str = "python -m conformance") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog,
         description="Check a third-party ViT against TorchLean's ViT spec (forward stages and gradients).",
-        epilog="exit status: 0 conformant, 1 not conformant, 2 usage error / unknown target / unsupported model",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     add_arguments(parser)
     return parser
+
+
+def _version() -> str:
+    from vitspec import __version__
+
+    return __version__
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -83,7 +158,10 @@ def _stage_rows(report: Report) -> list[tuple[str, str, str, str, str]]:
 
     rows = []
     for s in [*report.stages, *report.subops]:
-        verdict = "ok" if s.ok else ("FAIL" if s.ok is False else (s.note or "not compared"))
+        # A stage fails if it is wrong downstream (propagated) or on its own inputs (isolated).
+        verdict = "FAIL" if s.failed else ("ok" if s.ok else (s.note or "not compared"))
+        if s.isolated_ok is False:
+            verdict += f" (isolated {format_err(s.isolated_err)} > {format_err(s.isolated_tol)})"
         lowp = f" (spec {format_err(s.spec_lowp_err)})" if s.spec_lowp_err is not None else ""
         rows.append((s.name, format_err(s.max_abs_err), format_err(s.rel_err) + lowp, format_err(s.tol), verdict))
     for group, gs in report.grad_groups().items():
@@ -184,6 +262,11 @@ def _build(target: str, seed: int) -> tuple[Any, str]:
     return model, name
 
 
+def _printable(text: str) -> str:
+    """``text`` with undecodable file-name bytes (surrogate escapes) shown as U+FFFD, so it can be encoded."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def run(args: argparse.Namespace, *, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
     """Run a parsed ``conform`` command; returns the exit code (see module doc)."""
     stdout = stdout or sys.stdout
@@ -191,52 +274,166 @@ def run(args: argparse.Namespace, *, stdout: IO[str] | None = None, stderr: IO[s
     try:
         return _run(args, stdout, stderr)
     except UsageError as e:
-        print(f"error: {e}", file=stderr)
+        _print_error(f"error: {e}", stderr, args)
         return EXIT_USAGE
+    except CheckTimeout:
+        target = _printable(args.target or _default_target())
+        print(f"TIMEOUT: {target}: the check did not finish within --timeout {args.timeout:g} s", file=stderr)
+        return EXIT_TIMEOUT
     except KeyboardInterrupt:
         print("interrupted", file=stderr)
         return 130
 
 
+def _print_error(line: str, stderr: IO[str], args: argparse.Namespace) -> None:
+    if getattr(args, "debug", False):
+        traceback.print_exc(file=stderr)
+    text = " ".join(_printable(line).split())
+    if len(text) > _MAX_ERROR:  # a 5000-character path must not become a screenful
+        text = text[: _MAX_ERROR - 80] + " ... " + text[-75:]
+    print(text, file=stderr)
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Everything that can be refused before the model is built (usage errors, exit 2)."""
+    import importlib.util
+
+    outputs = [f"--{o}" for o in ("json", "markdown", "plot") if getattr(args, o, None) == "-"]
+    if len(outputs) > 1:
+        raise UsageError(f"{' and '.join(outputs)}: only one output can go to stdout ('-')")
+    if getattr(args, "plot", None) and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib, which is not installed: pip install 'vitspec[cli]'")
+    for opt in ("json", "markdown", "plot"):  # also when run() is called without the parser's checks
+        path = getattr(args, opt, None)
+        if path:
+            _writable_or_usage(path, f"--{opt}")
+
+
+def _writable_or_usage(path: str, what: str) -> None:
+    from vitspec._fs import UnwritableError, check_writable
+
+    try:
+        check_writable(path, what)
+    except UnwritableError as e:
+        raise UsageError(str(e)) from None
+
+
+def _weights_and_inputs(model: Any, args: argparse.Namespace) -> tuple[Any, str]:
+    """Load ``--weights`` into ``model`` in place; ``(inputs or None, how they were made)`` from ``--input``."""
+    if getattr(args, "weights", None):
+        from .weights import load_weights
+
+        load_weights(model, args.weights)
+    if not getattr(args, "input", None):
+        return None, ""
+    from .inputs import load_inputs
+
+    return load_inputs(args.input, model)
+
+
+def _check_memory(model: Any, args: argparse.Namespace) -> None:
+    """Refuse (exit 2) a check whose estimated memory exceeds what the machine has left."""
+    if not getattr(args, "memory_check", True):
+        return
+    from .budget import available_bytes, estimate_check_bytes, format_bytes
+
+    try:
+        from .adapters import detect
+
+        d = detect(model).describe()
+    except Exception:  # no adapter / unsupported: check() reports that itself, cheaply
+        return
+    itemsize = {"float64": 8, "float32": 4}.get(args.dtype, 2)
+    est = estimate_check_bytes(d.cfg, d.in_c, d.in_h, d.in_w, batch=args.batch, itemsize=itemsize, grads=args.grads)
+    avail = available_bytes()
+    if avail is not None and args.device == "cpu" and est.bytes > avail:
+        raise UsageError(
+            f"--batch {args.batch}: the check would need about {format_bytes(est.bytes)} of memory, "
+            f"{format_bytes(avail)} is available (use a smaller --batch, or --no-memory-check)"
+        )
+
+
+class _Alarm:
+    """``--timeout``: raise :class:`CheckTimeout` in the main thread after ``seconds`` (SIGALRM, POSIX)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.armed = (
+            seconds is not None
+            and hasattr(signal, "setitimer")
+            and threading.current_thread() is threading.main_thread()
+        )
+
+    def __enter__(self) -> _Alarm:
+        if self.armed:
+            self._old = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, float(self.seconds or 0))
+        return self
+
+    def _fire(self, signum: int, frame: Any) -> None:
+        raise CheckTimeout()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._old)
+
+
 def _run(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     from vitspec.errors import VitSpecError
 
+    if args.target is not None and not str(args.target).strip():
+        raise UsageError("TARGET is empty (an unset variable?); name a target or omit it for the default")
+    _preflight(args)
     try:
         import torch
     except ImportError as e:  # pragma: no cover - torch is a hard dependency
         raise UsageError(f"torch is not importable: {e}") from None
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
-    for opt in ("json", "markdown", "plot"):
-        path = getattr(args, opt, None)
-        if path and os.path.isdir(path):
-            raise UsageError(f"--{opt} {path}: is a directory")
 
     target = args.target or _default_target()
+    shown = _printable(target)
     try:
-        model, name = _build(target, args.seed)
-        from .compare import check
+        with _Alarm(getattr(args, "timeout", None)):
+            model, name = _build(target, args.seed)
+            inputs, input_how = _weights_and_inputs(model, args)
+            _check_memory(model, args)
+            from .compare import check
 
-        show_progress = not args.quiet and stderr.isatty()
-        cb, close = _make_progress(show_progress)
-        try:
-            report = check(
-                model,
-                device=args.device,
-                dtype=args.dtype,
-                batch=args.batch,
-                seed=args.seed,
-                grads=args.grads,
-                progress=cb,
-            )
-        finally:
-            close()
+            show_progress = not args.quiet and stderr.isatty()
+            cb, close = _make_progress(show_progress)
+            try:
+                report = check(
+                    model,
+                    device=args.device,
+                    dtype=args.dtype,
+                    batch=args.batch,
+                    seed=args.seed,
+                    grads=args.grads,
+                    progress=cb,
+                    inputs=inputs,
+                )
+            finally:
+                close()
+    except (UsageError, CheckTimeout, KeyboardInterrupt):
+        raise
     except VitSpecError as e:  # ConfigError / Unsupported / MappingError raised before a report exists
         raise UsageError(str(e)) from None
     except ImportError as e:
         raise UsageError(f"an optional library is missing: {e}") from None
-    report.description.setdefault("target", target)
-    report.description.setdefault("target_name", name)
+    except SystemExit as e:  # sys.exit() from the target's module, factory, forward or a hook
+        raise UsageError(f"{shown}: the model called sys.exit({e.code!r}) during the check") from None
+    except MemoryError:
+        raise UsageError(f"{shown}: out of memory (try a smaller --batch)") from None
+    except Exception as e:  # a model problem check() could not turn into a status (e.g. it cannot be copied)
+        raise UsageError(f"{shown}: the check could not run: {type(e).__name__}: {e}") from None
+    report.description.setdefault("target", shown)
+    report.description.setdefault("target_name", _printable(name))
+    if getattr(args, "weights", None):
+        report.description["weights"] = str(args.weights)
+    if input_how:
+        report.description["input"] = input_how
 
     try:
         if args.json:
@@ -247,21 +444,23 @@ def _run(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
             try:
                 report.plot(args.plot)
             except ImportError as e:
-                raise UsageError(f"--plot needs matplotlib: {e}") from None
+                raise UsageError(f"--plot needs matplotlib: {e}; pip install 'vitspec[cli]'") from None
     except OSError as e:
         raise UsageError(f"cannot write the report: {e}") from None
 
     from .report import Status
 
     if report.status is Status.UNSUPPORTED:
-        print(f"error: {target}: unsupported model: {report.reason}", file=stderr)
-        return EXIT_USAGE
-    render(report, quiet=args.quiet, stream=stdout)
+        print(_printable(f"UNSUPPORTED: {shown}: {report.reason}").replace("\n", " "), file=stderr)
+        return EXIT_UNSUPPORTED
+    to_stdout = "-" in (args.json, args.markdown, args.plot)
+    render(report, quiet=args.quiet, stream=stderr if to_stdout else stdout)
     return report.exit_code
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m conformance") -> int:
     """Parse ``argv`` and run; argparse errors give exit code 2 with its usage message, no traceback."""
+    safe_streams()  # an ASCII-only stdout must not turn a headline into a traceback
     parser = build_parser(prog)
     try:
         args = parser.parse_args(argv)

@@ -1,21 +1,22 @@
 """``check()``: compare a third-party ViT with the executable spec, stage by stage and gradient by gradient.
 
-The recipe (docs/architecture.md; tolerance numbers in docs/tolerance.md):
+The recipe (docs/conformance.md; tolerance numbers in docs/tolerance.md), one named step each:
 
-1. Resolve an adapter (given, or :func:`conformance.adapters.detect`) on a deep copy of
-   the model in eval mode, moved to the requested device and dtype (attention as
-   shipped: timm's ``fused_attn`` is left alone).
-2. ``describe()`` the model; map its parameters onto the spec bundle with ``to_spec``;
-   build the spec model (:class:`~vitspec.models.ViTSpec` / ``ViTClsSpec``) from them in
-   **float64** (always the reference) and, in native low-precision mode, also in the
-   model's dtype. Anything the spec cannot express is reported as UNSUPPORTED.
-3. Seeded input ``x ~ N(0, 1)`` and cotangent; run the model once with capture hooks at
-   the stage boundaries (and autograd on), run the spec with ``capture={}``.
-4. Compare per stage in the spec's order; inside the first divergent block, compare
-   the sub-ops (``norm1 / attn / norm2 / mlp``) to say which one diverges first.
-5. Backpropagate the cotangent through the model; map its gradients with the same
-   ``to_spec``; compare with the spec's explicit ``backward`` per parameter (grouped by
-   stage) and for the input.
+1. **prepare**: resolve an adapter (given, or :func:`conformance.adapters.detect`) on a deep
+   copy of the model in eval mode, moved to the requested device and dtype; ``describe()``
+   it (UNSUPPORTED lists every feature the spec cannot express); map its parameters onto
+   the spec bundle; build the spec model in **float64** (and, in native low-precision mode,
+   also in the model's dtype); draw the seeded input and cotangent.
+2. **run the model**: ``adapter.run(x)`` (the model object itself: every hook, instance
+   attribute and wrapper), with capture hooks at the stage boundaries and autograd on.
+3. **run the spec** on the same input, capturing every stage.
+4. **compare**: every stage, and the value the model *returned* (stage ``output``), two
+   ways: *propagated* (model stage vs the spec run end to end) and *isolated* (model stage
+   vs the spec's stage applied to the model's own input of that stage). The first stage
+   whose isolated error fails is the first divergence; inside a divergent block the same is
+   done per sub-op. Then gradients: the cotangent is backpropagated from the returned value
+   and every parameter's gradient is compared with the spec's explicit backward.
+5. **verdict**.
 
 Exceptions raised by the model's own forward/backward become a CRASH report, non-finite
 model values NONFINITE; errors of the harness itself propagate.
@@ -23,33 +24,35 @@ model values NONFINITE; errors of the harness itself propagate.
 
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import re
-import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from vitspec.errors import ConfigError, MappingError, VitSpecError
+from vitspec._env import machine_info
+from vitspec.errors import ConfigError, MappingError, ShapeError, VitSpecError
 from vitspec.profiles import deviations as profile_deviations
+from vitspec.schema import STAGES, grad_group, group_rank, stage_names, sub_op_order
 
-from .capture import capture
+from .capture import Captured, capture
 from .report import GradResult, Report, StageResult, Status
-from .tolerance import Policy, errors, parse_dtype, policy
+from .tolerance import Policy, coarser, errors, grad_errors, group_scales, parse_dtype, policy
 
-__all__ = ["ProgressFn", "check", "environment", "grad_group", "sub_op_order"]
+__all__ = ["ProgressFn", "check", "environment"]
 
-_SUBOP_RE = re.compile(r"^blocks\.(\d+)\.(\w+)$")
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)$")
-_ENCODER_KEY_RE = re.compile(r"^encoder\.(\d+)\.")
+#: The stage that compares what ``model(x)`` returned (after every hook and wrapper): the last
+#: entry of :data:`vitspec.schema.STAGES`.
+OUTPUT = STAGES[-1].name
 
 #: Third-party libraries whose versions go into the report's environment.
 _LIBRARIES = ("timm", "torchvision", "transformers", "vit-pytorch", "numpy")
@@ -62,67 +65,22 @@ class ProgressFn(Protocol):
 
 
 # -- small pure helpers ----------------------------------------------------------------
-def sub_op_order(norm_placement: str) -> tuple[str, ...]:
-    """Forward order of a block's sub-ops: pre-norm ``norm1 attn norm2 mlp``, post-norm ``attn norm1 mlp norm2``."""
-    return ("norm1", "attn", "norm2", "mlp") if norm_placement == "pre" else ("attn", "norm1", "mlp", "norm2")
-
-
-def grad_group(spec_key: str) -> str:
-    """The stage a spec parameter belongs to: ``encoder.3.mha.Wq`` -> ``blocks.3``, ``pos`` -> ``pos_embed``."""
-    m = _ENCODER_KEY_RE.match(spec_key)
-    if m:
-        return f"blocks.{m.group(1)}"
-    if spec_key.startswith("patch_"):
-        return "patch_embed"
-    if spec_key in ("pos", "cls_token"):
-        return "pos_embed"
-    if spec_key.startswith("final_norm"):
-        return "final_norm"
-    if spec_key.startswith("head"):
-        return "head"
-    if spec_key == "grad_x":
-        return "input"
-    return "other"
-
-
-def _group_rank(group: str, layers: int) -> int:
-    """Backward order: head, final_norm, blocks.L-1 .. blocks.0, pos_embed, patch_embed, input."""
-    m = _BLOCK_RE.match(group)
-    if m:
-        return 10 + (layers - 1 - int(m.group(1)))
-    fixed = {"head": 0, "final_norm": 1, "pos_embed": 10 + layers, "patch_embed": 11 + layers, "input": 12 + layers}
-    return fixed.get(group, 13 + layers)
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for lib in _LIBRARIES:
-        try:
-            out[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
 def environment(device: torch.device | str, dtype: str) -> dict[str, Any]:
-    """Python/torch/library versions, device name (GPU name on CUDA), dtype and UTC date."""
+    """The machine record (:func:`vitspec._env.machine_info`) plus device, dtype and library versions."""
     dev = torch.device(device)
-    if dev.type == "cuda":
-        name = torch.cuda.get_device_name(dev)
-    else:
-        name = platform.processor() or platform.machine() or "cpu"
-    env: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "device": str(dev),
-        "device_name": name,
-        "dtype": dtype,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    env: dict[str, Any] = dict(machine_info())
+    env["device"] = str(dev)
+    env["device_name"] = (
+        torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine() or "cpu"
+    )
+    env["dtype"] = dtype
     if dev.type == "cuda":
         env["cuda"] = torch.version.cuda
-    env.update({f"{k}_version": v for k, v in _versions().items()})
+    for lib in _LIBRARIES:
+        try:
+            env[f"{lib}_version"] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            continue
     return env
 
 
@@ -137,11 +95,18 @@ def _finite(t: Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-# -- adapter resolution ----------------------------------------------------------------
+def _input_batch(inputs: Any) -> int:
+    """The batch size of user-given ``inputs``: a finite floating ``(B, C, H, W)`` tensor with ``B >= 1``."""
+    if not isinstance(inputs, Tensor) or inputs.ndim != 4 or inputs.shape[0] == 0:
+        what = f"shape {tuple(inputs.shape)}" if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise ConfigError(f"inputs must be a (B, C, H, W) tensor with B >= 1, got {what}")
+    if not inputs.is_floating_point() or not _finite(inputs):
+        raise ConfigError(f"inputs must be finite floating-point values, got dtype {inputs.dtype}")
+    return int(inputs.shape[0])
+
+
 def _resolve_adapter(model: nn.Module, adapter: Any) -> Any:
     """An adapter instance owning its own copy of the model (the caller's model is never touched)."""
-    import copy
-
     from .adapters.base import Adapter
 
     if adapter is None:
@@ -157,55 +122,70 @@ def _resolve_adapter(model: nn.Module, adapter: Any) -> Any:
     raise TypeError(f"adapter must be None, an Adapter subclass or an Adapter instance, got {type(adapter).__name__}")
 
 
-def _describe(adapter: Any) -> Any:
-    # RuleAdapter caches the description (describe() may be costly); others just describe().
-    fn = getattr(adapter, "description", None)
-    return fn() if callable(fn) else adapter.describe()
-
-
-# -- comparison of one tensor pair -------------------------------------------------------
-def _compare_stage(
-    name: str,
-    model_t: Tensor | None,
-    ref_t: Tensor | None,
-    lowp_t: Tensor | None,
-    pol: Policy,
-    *,
-    not_captured_note: str = "not captured",
-) -> StageResult:
-    if model_t is None or ref_t is None:
-        note = not_captured_note if model_t is None else "spec did not produce this stage"
-        return StageResult(name, captured=model_t is not None, note=note)
-    shape = list(model_t.shape)
-    if tuple(model_t.shape) != tuple(ref_t.shape):
-        return StageResult(
-            name,
-            max_abs_err=math.inf,
-            rel_err=math.inf,
-            ok=False,
-            shape=shape,
-            note=f"shape {tuple(model_t.shape)} != spec {tuple(ref_t.shape)}",
-        )
-    e = errors(model_t, ref_t)
-    lowp = None
-    if lowp_t is not None and tuple(lowp_t.shape) == tuple(ref_t.shape):
-        lowp = errors(lowp_t, ref_t).rel
-    ok, tol = pol.judge(e.rel, lowp)
-    note = ""
-    if not _finite(model_t):
-        note = "model produced non-finite values"
-    elif not _finite(ref_t):
-        ok, note = False, "spec reference is non-finite"
-    return StageResult(name, e.max_abs, e.rel, tol, ok, True, lowp, shape, note)
-
-
 class _ModelCrashError(Exception):
     def __init__(self, where: str, exc: BaseException) -> None:
         super().__init__(f"{where}: {_exc_text(exc)}")
-        self.where = where
 
 
-# -- the check -------------------------------------------------------------------------
+class _Done(Exception):  # noqa: N818 -- control flow, not an error: the report is final
+    """A step decided the verdict early (UNSUPPORTED, CRASH); ``check`` returns the report as is."""
+
+
+# -- the context the steps share ---------------------------------------------------------
+@dataclass(frozen=True)
+class _Inputs:
+    """The seeded input and cotangent: as the model sees them (``x_in`` tracks grad) and in float64;
+    the reference sees exactly the (rounded) values the model sees."""
+
+    x_in: Tensor
+    x_ref: Tensor
+    cot_m: Tensor
+    cot_ref: Tensor
+
+
+@dataclass
+class _LowRef:
+    """The spec run in a lower precision: the yardstick of a stage the model computes in that dtype.
+
+    Native mode has one for the check's dtype; a model that declares a coarser op (HF eager
+    attention's float32 softmax in a float64 check) gets one for that dtype. A stage judged against
+    it passes if ``err <= max(NATIVE_K * err(spec_dtype), floor)`` (:class:`~conformance.tolerance.Policy`).
+    """
+
+    dtype: torch.dtype
+    spec: Any
+    pol: Policy
+    stages: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _Context:
+    """Everything one check computes, filled step by step."""
+
+    report: Report
+    adapter: Any
+    desc: Any
+    pol: Policy
+    dev: torch.device
+    tdtype: torch.dtype
+    grads: bool
+    step: Callable[[str], None]
+    io: _Inputs
+    spec64: Any = None
+    native: _LowRef | None = None  # native mode: the spec in the model's dtype
+    declared: _LowRef | None = None  # the spec in the coarsest dtype the model declares for an op
+    out: Tensor | None = None  # what the model returned
+    cap: Captured | None = None
+    model_t: dict[str, Tensor] = field(default_factory=dict)  # model stage tensors (incl. output)
+    ref_t: dict[str, Tensor] = field(default_factory=dict)  # spec64 stage tensors
+    precision: dict[str, str] = field(default_factory=dict)  # stage -> declared coarser dtype
+
+    @property
+    def model(self) -> nn.Module:
+        return self.adapter.model  # type: ignore[no-any-return]
+
+
+# -- the check ---------------------------------------------------------------------------
 def check(
     model: nn.Module,
     *,
@@ -216,18 +196,23 @@ def check(
     seed: int = 0,
     grads: bool = True,
     progress: ProgressFn | Callable[[str, int, int], None] | None = None,
+    inputs: Tensor | None = None,
 ) -> Report:
     """Check ``model`` against the executable spec; return a :class:`~conformance.report.Report`.
 
     ``adapter``: ``None`` (auto-detect), an ``Adapter`` subclass, or an instance (deep-copied).
     ``dtype``: ``float64`` compares against the float64 bound; a lower precision runs the model
     in that dtype and judges it against the spec run in the same dtype (docs/tolerance.md).
+    ``inputs``: the model input ``(B, C, H, W)`` (e.g. real images, see :mod:`conformance.inputs`)
+    instead of the seeded ``N(0, 1)`` one; ``batch`` is then ``B``.
     Never raises for a model problem: UNSUPPORTED / CRASH / NONFINITE / MISMATCH are statuses.
-    Raises :class:`~vitspec.errors.ConfigError` for bad arguments (batch, dtype, device).
+    Raises :class:`~vitspec.errors.ConfigError` for bad arguments (batch, dtype, device, inputs).
     """
     t0 = time.perf_counter()
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise ConfigError(f"batch must be a positive int, got {batch!r}")
+    if inputs is not None:
+        batch = _input_batch(inputs)
     try:
         dtype_name, tdtype = parse_dtype(dtype)
         dev = torch.device(device)
@@ -235,91 +220,68 @@ def check(
         raise ConfigError(str(e)) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but torch.cuda.is_available() is False")
-    env = environment(dev, dtype_name)
+    report = Report(Status.PASS, environment=environment(dev, dtype_name))
+    try:
+        ctx = _prepare(model, adapter, report, dev, dtype_name, tdtype, batch, seed, grads, progress, inputs)
+        _run_model(ctx)
+        _run_spec(ctx)
+        _compare_forward(ctx)
+        if grads and ctx.out is not None:
+            _compare_gradients(ctx)
+        _verdict(ctx)
+    except _Done:
+        pass
+    report.elapsed_s = time.perf_counter() - t0
+    return report
 
-    def finish(report: Report) -> Report:
-        report.environment = env
-        report.elapsed_s = time.perf_counter() - t0
-        return report
 
-    # 1. adapter + description ---------------------------------------------------------
+# -- step 1: prepare ---------------------------------------------------------------------
+def _prepare(
+    model: nn.Module,
+    adapter: Any,
+    report: Report,
+    dev: torch.device,
+    dtype_name: str,
+    tdtype: torch.dtype,
+    batch: int,
+    seed: int,
+    grads: bool,
+    progress: Callable[[str, int, int], None] | None,
+    inputs: Tensor | None,
+) -> _Context:
     try:
         ad = _resolve_adapter(model, adapter)
-        desc = _describe(ad)
-    except VitSpecError as e:  # Unsupported, or detect() finding no adapter
-        reason = getattr(e, "reason", None) or str(e)
-        return finish(Report(Status.UNSUPPORTED, reason=reason, notes=[f"{type(e).__name__}: {e}"]))
-    m: nn.Module = ad.model
-    m.eval()
-    m.to(device=dev, dtype=tdtype)
-
+        desc = ad.description()
+    except VitSpecError as e:  # Unsupported (every reason at once), or detect() finding no adapter
+        report.status, report.reason = Status.UNSUPPORTED, getattr(e, "reason", None) or str(e)
+        report.notes.append(f"{type(e).__name__}: {e}")
+        raise _Done from None
+    expected = (desc.in_c, desc.in_h, desc.in_w)
+    if inputs is not None and tuple(inputs.shape[1:]) != expected:
+        raise ConfigError(
+            f"inputs have shape {tuple(inputs.shape)}, but the model takes (B, {', '.join(map(str, expected))})"
+        )
+    ad.model.eval()
+    ad.model.to(device=dev, dtype=tdtype)
     cfg = desc.cfg
-    native = dtype_name != "float64"
-    tokens = cfg.tokens(desc.in_h, desc.in_w) + (1 if desc.variant == "cls" else 0)
-    pol = policy(
-        dtype=dtype_name,
-        embed_dim=cfg.embed_dim,
-        hidden_dim=cfg.hidden_dim,
-        patch_dim=desc.in_c * cfg.patch_h * cfg.patch_w,
-        tokens=tokens,
-        layers=cfg.num_layers,
-        batch=batch,
-    )
-    synthetic = set(getattr(desc, "synthetic", ()) or ())
-    report = Report(
-        Status.PASS,
-        description={
-            "library": desc.library,
-            "model_name": desc.model_name,
-            "cfg": asdict(cfg),
-            "input_size": [desc.in_c, desc.in_h, desc.in_w],
-            "variant": desc.variant,
-            "profile": desc.profile.name,
-            "has_head": desc.has_head,
-            "batch": batch,
-            "seed": seed,
-        },
-        deviations=profile_deviations(desc.profile, variant=desc.variant),
-        tolerance=pol.to_dict(),
-        notes=list(desc.notes),
-    )
-    ignored = getattr(ad, "ignored", None)
-    if callable(ignored):
-        report.notes += [f"not compared: {name} ({why})" if why else f"not compared: {name}" for name, why in ignored()]
+    pol = _policy(desc, dtype_name, batch)
+    report.description = {
+        "library": desc.library,
+        "model_name": desc.model_name,
+        "cfg": asdict(cfg),
+        "input_size": [desc.in_c, desc.in_h, desc.in_w],
+        "variant": desc.variant,
+        "profile": desc.profile.name,
+        "has_head": desc.has_head,
+        "batch": batch,
+        "seed": seed,
+    }
+    report.deviations = profile_deviations(desc.profile, variant=desc.variant)
+    report.tolerance = pol.to_dict()
+    report.notes += list(desc.notes)
+    report.notes += [f"not compared: {n} ({why})" if why else f"not compared: {n}" for n, why in ad.ignored()]
 
-    # 2. weights -> spec ---------------------------------------------------------------
-    from vitspec.models import ViTClsSpec, ViTSpec
-
-    spec_cls = ViTClsSpec if desc.variant == "cls" else ViTSpec
-    params = dict(m.named_parameters())
-    try:
-        sd_low = ad.to_spec(params)
-        sd64 = {k: v.detach().to(device=dev, dtype=torch.float64) for k, v in sd_low.items()}
-        spec64 = spec_cls.from_state_dict(cfg, desc.in_c, desc.in_h, desc.in_w, sd64, profile=desc.profile)
-    except MappingError as e:
-        names = [*e.missing, *e.unexpected, *e.mismatched]
-        reason = f"the model's parameters do not map onto the spec bundle: {e}"
-        report.status, report.reason = Status.UNSUPPORTED, reason
-        report.notes.append("unmapped: " + ", ".join(names) if names else str(e))
-        return finish(report)
-    except VitSpecError as e:
-        report.status, report.reason = Status.UNSUPPORTED, f"the spec cannot express this model: {e}"
-        return finish(report)
-    spec_lp = None
-    if native:
-        try:
-            sd_lp = {k: v.detach().to(device=dev, dtype=tdtype) for k, v in sd_low.items()}
-            spec_lp = spec_cls.from_state_dict(cfg, desc.in_c, desc.in_h, desc.in_w, sd_lp, profile=desc.profile)
-        except Exception as e:  # the floor still applies; say so
-            report.notes.append(f"spec could not be built in {dtype_name} ({_exc_text(e)}); tolerance = floor only")
-
-    stage_names = list(spec64.stage_names())
-    top = [n for n in stage_names if not _SUBOP_RE.match(n)]
-    if not desc.has_head and "head" in top:
-        top.remove("head")
-        report.notes.append("the model has no classification head: compared through the pooled vector")
-    groups_total = cfg.num_layers + 5 if grads else 0
-    total = 3 + len(top) + (2 + groups_total if grads else 0)
+    total = 4 + cfg.num_layers + 5 + ((3 + cfg.num_layers + 5) if grads else 0)
     done = 0
 
     def step(what: str) -> None:
@@ -328,267 +290,417 @@ def check(
         if progress is not None:
             progress(what, min(done, total), total)
 
+    io = _draw_inputs(desc, dev, tdtype, grads, batch, seed, inputs)
+    ctx = _Context(report, ad, desc, pol, dev, tdtype, grads, step, io)
+    ctx.precision = _declared_precision(ctx, dtype_name)
+    _build_specs(ctx, dtype_name, batch)
     step("mapped weights onto the spec")
+    return ctx
 
-    # 3. inputs ------------------------------------------------------------------------
+
+def _build_specs(ctx: _Context, dtype_name: str, batch: int) -> None:
+    """The spec model from the mapped weights in float64, and the lower-precision references:
+    the model's dtype (native mode) and the coarsest dtype the model declares for an op."""
+    from vitspec.models import ViTClsSpec, ViTSpec
+
+    desc, report = ctx.desc, ctx.report
+    spec_cls = ViTClsSpec if desc.variant == "cls" else ViTSpec
+    args = (desc.cfg, desc.in_c, desc.in_h, desc.in_w)
+    try:
+        sd = ctx.adapter.to_spec(dict(ctx.model.named_parameters()))
+        sd64 = {k: v.detach().to(device=ctx.dev, dtype=torch.float64) for k, v in sd.items()}
+        ctx.spec64 = spec_cls.from_state_dict(*args, sd64, profile=desc.profile)
+    except MappingError as e:
+        names = [*e.missing, *e.unexpected, *e.mismatched]
+        report.status = Status.UNSUPPORTED
+        report.reason = f"the model's parameters do not map onto the spec bundle: {e}"
+        report.notes.append("unmapped: " + ", ".join(names) if names else str(e))
+        raise _Done from None
+    except VitSpecError as e:
+        report.status, report.reason = Status.UNSUPPORTED, f"the spec cannot express this model: {e}"
+        raise _Done from None
+
+    def low(dtype: str, pol: Policy) -> _LowRef | None:
+        tdt = parse_dtype(dtype)[1]
+        try:
+            spec = spec_cls.from_state_dict(*args, {k: v.to(tdt) for k, v in sd64.items()}, profile=desc.profile)
+        except Exception as e:  # the floor still applies; say so
+            report.notes.append(f"spec could not be built in {dtype} ({_exc_text(e)}); tolerance = floor only")
+            return None
+        return _LowRef(tdt, spec, pol)
+
+    if dtype_name != "float64":
+        ctx.native = low(dtype_name, ctx.pol)
+    if ctx.precision:
+        coarsest = max(ctx.precision.values(), key=_UNIT_ORDER.index)
+        pol = _policy(desc, coarsest, batch)
+        ctx.declared = low(coarsest, pol)
+        report.tolerance["declared"] = pol.to_dict()
+
+
+def _policy(desc: Any, dtype: str, batch: int) -> Policy:
+    cfg = desc.cfg
+    return policy(
+        dtype=dtype,
+        embed_dim=cfg.embed_dim,
+        hidden_dim=cfg.hidden_dim,
+        patch_dim=desc.in_c * cfg.patch_h * cfg.patch_w,
+        tokens=cfg.tokens(desc.in_h, desc.in_w) + (1 if desc.variant == "cls" else 0),
+        layers=cfg.num_layers,
+        batch=batch,
+    )
+
+
+def _declared_precision(ctx: _Context, dtype_name: str) -> dict[str, str]:
+    """Stage -> the coarser dtype the model declares for it (only where coarser than the check's)."""
+    out: dict[str, str] = {}
+    for lp in getattr(ctx.desc, "precision", ()):
+        if not coarser(lp.dtype, dtype_name):
+            continue
+        for s in lp.stages:
+            if s not in out or coarser(lp.dtype, out[s]):
+                out[s] = lp.dtype
+        where = _span(lp.stages)
+        ctx.report.notes.append(
+            f"precision: {lp.op} runs in {lp.dtype} at {where} (check dtype {dtype_name}); that op, every stage "
+            f"downstream of it and the gradients are judged against the spec run in {lp.dtype}, as in native "
+            f"{lp.dtype} mode (docs/tolerance.md, 'Declared lower precision')"
+        )
+    return out
+
+
+def _span(stages: tuple[str, ...]) -> str:
+    """``blocks.{0..11}.attn`` for a run of per-block names, else the names joined."""
+    idx = [int(m.group(1)) for s in stages if (m := re.match(r"^blocks\.(\d+)\.(\w+)$", s))]
+    subs = {s.split(".", 2)[2] for s in stages if s.count(".") == 2}
+    if len(idx) == len(stages) > 1 and len(subs) == 1 and idx == list(range(idx[0], idx[-1] + 1)):
+        return f"blocks.{{{idx[0]}..{idx[-1]}}}.{subs.pop()}"
+    return ", ".join(stages)
+
+
+def _draw_inputs(
+    desc: Any, dev: torch.device, tdtype: torch.dtype, grads: bool, batch: int, seed: int, inputs: Tensor | None
+) -> _Inputs:
+    """Seeded ``x ~ N(0, 1)`` (or the caller's ``inputs``) and cotangent."""
     gen = torch.Generator().manual_seed(seed)
-    x64 = torch.randn((batch, desc.in_c, desc.in_h, desc.in_w), generator=gen, dtype=torch.float64)
-    out_dim = cfg.num_classes if desc.has_head else cfg.embed_dim
+    if inputs is None:
+        x64 = torch.randn((batch, desc.in_c, desc.in_h, desc.in_w), generator=gen, dtype=torch.float64)
+    else:
+        x64 = inputs.detach().to(device="cpu", dtype=torch.float64)
+    out_dim = desc.cfg.num_classes if desc.has_head else desc.cfg.embed_dim
     cot64 = torch.randn((batch, out_dim), generator=gen, dtype=torch.float64)
-    # The reference sees exactly the (rounded) values the model sees.
     x_m = x64.to(device=dev, dtype=tdtype)
     cot_m = cot64.to(device=dev, dtype=tdtype)
-    x_ref = x_m.to(torch.float64)
-    cot_ref = cot_m.to(torch.float64)
+    return _Inputs(x_m.clone().requires_grad_(grads), x_m.to(torch.float64), cot_m, cot_m.to(torch.float64))
 
-    # 4. model forward (+ autograd), with capture hooks --------------------------------
-    points = ad.capture_points()
+
+# -- step 2: run the model ---------------------------------------------------------------
+def _run_model(ctx: _Context) -> None:
+    """``adapter.run(x)`` once, with the capture hooks on and autograd on (when gradients are checked)."""
+    m, report = ctx.model, ctx.report
     m.zero_grad(set_to_none=True)
-    for p in params.values():
-        p.requires_grad_(grads)
-    x_in = x_m.clone().requires_grad_(grads)
-    out: Tensor | None = None
+    for p in m.parameters():
+        p.requires_grad_(ctx.grads)
     try:
-        with capture(points) as cap, torch.set_grad_enabled(grads):
+        with capture(ctx.adapter.capture_points()) as cap, torch.set_grad_enabled(ctx.grads):
             try:
-                out = ad.run(x_in)
+                out = ctx.adapter.run(ctx.io.x_in)
             except Exception as e:
                 raise _ModelCrashError("the model's forward raised", e) from e
     except _ModelCrashError as c:
-        report.status, report.reason = Status.CRASH, str(c)
-        report.forward_ok = False
-        return finish(report)
-    step("model forward")
-    for name, err in cap.errors.items():
-        report.notes.append(f"capture transform for {name} failed: {err}")
-    for name in cap.repeated:
-        report.notes.append(f"{name}: module ran {cap.calls[name]} times; the first call was compared")
+        report.status, report.reason, report.forward_ok = Status.CRASH, str(c), False
+        raise _Done from None
+    ctx.cap = cap
+    ctx.step("model forward")
+    report.notes += cap.notes
+    report.notes += [f"{n}: module ran {cap.calls[n]} times; the first call was compared" for n in cap.repeated]
+    if not isinstance(out, Tensor):
+        report.status, report.forward_ok = Status.CRASH, False
+        report.reason = f"the model returned {type(out).__name__}, not a tensor of logits (after the adapter's run)"
+        raise _Done
+    ctx.out = out
+    ctx.model_t = dict(cap.tensors)
+    ctx.model_t[OUTPUT] = out.detach()
 
-    # 5. spec forward(s) ---------------------------------------------------------------
-    ref_cap: dict[str, Tensor] = {}
+
+# -- step 3: run the spec ----------------------------------------------------------------
+def _run_spec(ctx: _Context) -> None:
+    """The spec forward in float64 (the reference) and in each lower-precision reference, capturing
+    every stage; a reference sees the model's input rounded to its dtype."""
     with torch.no_grad():
-        ref_out = spec64.forward(x_ref, capture=ref_cap)
-    lp_cap: dict[str, Tensor] = {}
-    if spec_lp is not None:
+        ctx.ref_t[OUTPUT] = ctx.spec64.forward(ctx.io.x_ref, capture=ctx.ref_t)
+        for ref in (ctx.native, ctx.declared):
+            if ref is None:
+                continue
+            try:
+                ref.stages[OUTPUT] = ref.spec.forward(ctx.io.x_ref.to(ref.dtype), capture=ref.stages)
+            except Exception as e:
+                ref.stages.clear()
+                ctx.report.notes.append(f"spec forward failed in {ref.dtype} ({_exc_text(e)}); tolerance = floor only")
+    ctx.step("spec forward")
+
+
+# -- step 4a: compare the forward ----------------------------------------------------------
+def _top_stages(ctx: _Context, *, sub_ops: bool = False) -> list[str]:
+    """The stages of this model in forward order (no head without a classifier), ``output`` last."""
+    p = ctx.desc.profile
+    return stage_names(
+        ctx.desc.cfg.num_layers,
+        final_norm=p.final_norm,
+        has_head=ctx.desc.has_head,
+        sub_ops=sub_ops,
+        norm_placement=p.norm_placement,
+    )
+
+
+def _precision_of(ctx: _Context, name: str, order: list[str]) -> tuple[str | None, str | None]:
+    """``(propagated, isolated)`` declared precision of a stage.
+
+    Isolated: the stage contains a declared op (a block, its declared sub-op). Propagated: the stage
+    is at or after the first declared op in forward order (its error flows downstream).
+    """
+    if not ctx.precision:
+        return None, None
+    declared = ctx.precision
+    own = declared.get(name) or next((d for s, d in declared.items() if s.startswith(name + ".")), None)
+    first = min((order.index(s) for s in declared if s in order), default=len(order))
+    coarsest = max(declared.values(), key=lambda d: _UNIT_ORDER.index(d))
+    return (coarsest if order.index(name) >= first else None), own
+
+
+_UNIT_ORDER = ("float64", "float32", "float16", "bfloat16")
+
+
+def _compare(ctx: _Context, name: str, order: list[str]) -> StageResult:
+    """Propagated and isolated errors of one stage or sub-op."""
+    mt, rt, cap = ctx.model_t.get(name), ctx.ref_t.get(name), ctx.cap
+    assert cap is not None
+    if mt is None:
+        return StageResult(name, captured=False, note=cap.missing_reason(name))
+    if rt is None:
+        return StageResult(name, note="the spec did not produce this stage")
+    source = "the value model(x) returned" if name == OUTPUT else cap.sources.get(name, "")
+    prec_prop, prec_iso = _precision_of(ctx, name, order)
+    if tuple(mt.shape) != tuple(rt.shape):
+        note = f"shape {tuple(mt.shape)} != spec {tuple(rt.shape)}"
+        return StageResult(name, math.inf, math.inf, None, False, True, None, list(mt.shape), note, source=source)
+    e = errors(mt, rt)
+    ref = ctx.declared if prec_prop else ctx.native
+    lt = ref.stages.get(name) if ref is not None else None
+    lowp = errors(lt, rt).rel if lt is not None and lt.shape == rt.shape else None
+    ok, tol = (ref.pol if ref is not None else ctx.pol).judge(e.rel, lowp)
+    note = ""
+    if not _finite(mt):
+        note = "model produced non-finite values"
+    elif not _finite(rt):
+        ok, note = False, "spec reference is non-finite"
+    r = StageResult(name, e.max_abs, e.rel, tol, ok, True, lowp, list(mt.shape), note, source=source)
+    r.precision = prec_iso or prec_prop or ""
+    _isolate(ctx, r, mt, prec_iso)
+    return r
+
+
+def _isolate(ctx: _Context, r: StageResult, mt: Tensor, precision: str | None) -> None:
+    """The spec's stage on the model's own input of that stage (read off its neighbours' outputs)."""
+    name = r.name
+    ref = ctx.declared if precision else ctx.native
+    inputs = {k: v.to(torch.float64) for k, v in ctx.model_t.items()}
+    if name == OUTPUT:  # the value returned must be what the last stage produced
+        prev = _top_stages(ctx)[-2]
+        x, spec_out, lp_out = inputs.get(prev), inputs.get(prev), None
+    else:
+        x = ctx.spec64.stage_input(name, inputs, ctx.io.x_ref)
+        if x is None:
+            r.note = r.note or "isolated error not computed: the stage's input was not captured"
+            return
         try:
             with torch.no_grad():
-                spec_lp.forward(x_m.detach(), capture=lp_cap)
-        except Exception as e:
-            lp_cap = {}
-            report.notes.append(f"spec forward failed in {dtype_name} ({_exc_text(e)}); tolerance = floor only")
-    step("spec forward")
-
-    # 6. stages ------------------------------------------------------------------------
-    # The model's output is the last stage: logits, or without a head the pooled vector
-    # (after an after-pool norm when there is one). It needs no hook.
-    if desc.has_head:
-        out_stage = "head"
-        ref_cap.setdefault("head", ref_out)
-    else:
-        out_stage = "final_norm" if desc.profile.final_norm == "after_pool" else "pool"
-    model_tensors: dict[str, Tensor] = dict(cap.tensors)
-    if out_stage not in model_tensors and isinstance(out, Tensor):
-        model_tensors[out_stage] = out.detach()
-    for name in top:
-        why = cap.errors.get(name, "not captured (the adapter has no hook for this stage)")
-        report.stages.append(
-            _compare_stage(
-                name, model_tensors.get(name), ref_cap.get(name), lp_cap.get(name), pol, not_captured_note=why
-            )
-        )
-        step(f"stage {name}")
-    nonfinite = any("non-finite" in s.note for s in report.stages)
-    failed = [s for s in report.stages if s.ok is False]
-    report.forward_ok = not failed
-    if failed:
-        report.first_divergence = failed[0].name
-        _drill_down(report, failed[0].name, desc.profile.norm_placement, model_tensors, ref_cap, lp_cap, pol)
-    not_captured = report.not_captured
-    if not_captured:
-        report.notes.append("not captured (not compared, not passed): " + ", ".join(not_captured))
-
-    # 7. backward ----------------------------------------------------------------------
-    if grads and isinstance(out, Tensor):
-        try:
-            io = _Inputs(x_in=x_in, x_ref=x_ref, x_m=x_m, cot_m=cot_m, cot_ref=cot_ref)
-            _backward(report, ad, m, desc, (spec64, spec_lp), io, out, pol, synthetic, step)
-        except _ModelCrashError as c:
-            report.status, report.reason = Status.CRASH, str(c)
-            report.backward_ok = False
-            return finish(report)
-        nonfinite = nonfinite or any("non-finite" in g.note for g in report.grads)
-
-    # 8. verdict -----------------------------------------------------------------------
-    if nonfinite:
-        report.status = Status.NONFINITE
-        bad = [s.name for s in report.stages if "non-finite" in s.note]
-        report.first_divergence = report.first_divergence or (bad[0] if bad else None)
-    elif report.forward_ok is False or report.backward_ok is False:
-        report.status = Status.MISMATCH
-    else:
-        report.status = Status.PASS
-    return finish(report)
-
-
-def _drill_down(
-    report: Report,
-    stage: str,
-    norm_placement: str,
-    model_t: Mapping[str, Tensor],
-    ref_t: Mapping[str, Tensor],
-    lp_t: Mapping[str, Tensor],
-    pol: Policy,
-) -> None:
-    """Compare the sub-ops of the first divergent block; record the first that fails."""
-    mb = _BLOCK_RE.match(stage)
-    if not mb:
+                spec_out = ctx.spec64.run_stage(name, x)
+                lp_out = ref.spec.run_stage(name, x.to(ref.dtype)) if ref is not None and ref.stages else None
+        except ShapeError as e:  # the model's neighbour has the wrong shape: that stage already fails
+            r.note = r.note or f"isolated error not computed: the captured input does not fit the spec ({e})"
+            return
+    if x is None or spec_out is None or tuple(spec_out.shape) != tuple(mt.shape):
         return
-    for sub in sub_op_order(norm_placement):
-        name = f"{stage}.{sub}"
-        report.subops.append(
-            _compare_stage(
-                name,
-                model_t.get(name),
-                ref_t.get(name),
-                lp_t.get(name),
-                pol,
-                not_captured_note="not captured (the adapter has no hook for this sub-op)",
-            )
-        )
-    bad = [s.name for s in report.subops if s.ok is False]
-    if bad:
-        report.first_divergence_subop = bad[0]
-    elif all(s.ok for s in report.subops):
+    iso = errors(mt, spec_out)
+    lowp = errors(lp_out, spec_out).rel if lp_out is not None else None
+    r.isolated_ok, r.isolated_tol = (ref.pol if ref is not None else ctx.pol).judge(iso.rel, lowp)
+    r.isolated_err = iso.rel
+
+
+def _first_failure(results: list[StageResult]) -> StageResult | None:
+    """The first result that fails in isolation (or, where isolation was not possible, propagated)."""
+    for s in results:
+        if s.isolated_ok is False or (s.isolated_ok is None and s.ok is False):
+            return s
+    return None
+
+
+def _compare_forward(ctx: _Context) -> None:
+    report = ctx.report
+    top = _top_stages(ctx)
+    if not ctx.desc.has_head:
+        report.notes.append("the model has no classification head: compared through the pooled vector")
+    order = _top_stages(ctx, sub_ops=True)
+    for name in top:
+        report.stages.append(_compare(ctx, name, order))
+        ctx.step(f"stage {name}")
+    report.forward_ok = not any(s.failed for s in report.stages)
+    first = _first_failure(report.stages)
+    if first is None and not report.forward_ok:
+        first = next(s for s in report.stages if s.failed)
         report.notes.append(
-            f"{stage}: every sub-op agrees with the spec but the block output does not: "
+            f"no stage diverges in isolation, but the propagated error exceeds the tolerance from {first.name} on: "
+            "each stage is right on its own inputs and the error builds up through their composition"
+        )
+    if first is not None:
+        report.first_divergence = first.name
+        if _BLOCK_RE.match(first.name):
+            _drill_down(ctx, first.name, order)
+    if report.not_captured:
+        report.notes.append("not captured (not compared, not passed): " + ", ".join(report.not_captured))
+
+
+def _drill_down(ctx: _Context, block: str, order: list[str]) -> None:
+    """Every sub-op of a divergent block, propagated and isolated; the first failing one is named."""
+    report = ctx.report
+    report.subops = [_compare(ctx, f"{block}.{s}", order) for s in sub_op_order(ctx.desc.profile.norm_placement)]
+    bad = _first_failure(report.subops)
+    if bad is not None:
+        report.first_divergence_subop = bad.name
+    elif all(s.isolated_ok for s in report.subops):
+        report.notes.append(
+            f"{block}: every sub-op agrees with the spec on its own inputs but the block output does not: "
             "the divergence is in how the block composes them (residual connections)"
         )
     else:
-        report.notes.append(f"{stage}: no captured sub-op diverges; uncaptured sub-ops may hide the cause")
+        report.notes.append(f"{block}: no compared sub-op diverges; sub-ops not compared may hide the cause")
 
 
-def _max_abs(a: Tensor, b: Tensor) -> float:
-    d = (a.detach().to(torch.float64) - b.detach().to(device=a.device, dtype=torch.float64)).abs()
-    if d.numel() == 0:
-        return 0.0
-    if not _finite(d):
-        return math.nan if bool(torch.isnan(d).any()) else math.inf
-    return float(d.max())
-
-
-@dataclass(frozen=True)
-class _Inputs:
-    """The seeded input and cotangent: as the model sees them (``_m``; ``x_in`` tracks grad) and in float64."""
-
-    x_in: Tensor
-    x_ref: Tensor
-    x_m: Tensor
-    cot_m: Tensor
-    cot_ref: Tensor
-
-
-def _backward(
-    report: Report,
-    ad: Any,
-    m: nn.Module,
-    desc: Any,
-    specs: tuple[Any, Any],
-    io: _Inputs,
-    out: Tensor,
-    pol: Policy,
-    synthetic: set[str],
-    step: Callable[[str], None],
-) -> None:
-    """Model autograd vs the spec's explicit backward, per library parameter and for the input."""
-    spec64, spec_lp = specs
-    x_in = io.x_in
+# -- step 4b: compare the gradients ----------------------------------------------------------
+def _compare_gradients(ctx: _Context) -> None:
+    """Model autograd (from the value the model returned) vs the spec's explicit backward."""
+    report, ad = ctx.report, ctx.adapter
+    assert ctx.out is not None
     try:
-        out.backward(io.cot_m)
+        ctx.out.backward(ctx.io.cot_m)
     except Exception as e:
-        raise _ModelCrashError("the model's backward raised", e) from e
-    step("model backward")
-
-    named = dict(m.named_parameters())
+        report.status, report.backward_ok = Status.CRASH, False
+        report.reason = str(_ModelCrashError("the model's backward raised", e))
+        raise _Done from None
+    ctx.step("model backward")
+    named = dict(ctx.model.named_parameters())
     # A parameter autograd never reached (e.g. an unused pooler) has gradient zero.
-    lib_grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in named.items()}
-    model_g = ad.to_spec(lib_grads)
-    model_g["grad_x"] = x_in.grad if x_in.grad is not None else torch.zeros_like(x_in)
-
-    def spec_backward(spec: Any, x: Tensor, cot: Tensor) -> dict[str, Tensor]:
-        if desc.has_head:
-            g, gx = spec.backward(x, cot, mode="cache")
-        else:
-            g, gx = spec.backward(x, grad_pooled=cot, mode="cache")
-        d = dict(g.to_dict())
-        d["grad_x"] = gx
-        return d
-
-    ref_g = spec_backward(spec64, io.x_ref, io.cot_ref)
+    model_g = ad.to_spec({n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in named.items()})
+    model_g["grad_x"] = ctx.io.x_in.grad if ctx.io.x_in.grad is not None else torch.zeros_like(ctx.io.x_in)
+    ref_g = _spec_gradients(ctx, ctx.spec64, ctx.io.x_ref, ctx.io.cot_ref)
+    # Every gradient flows through a declared op (the backward runs through the whole network).
+    ref = ctx.declared if ctx.precision else ctx.native
     lp_g: dict[str, Tensor] = {}
-    if spec_lp is not None:
+    if ref is not None:
         try:
-            lp_g = spec_backward(spec_lp, io.x_m.detach(), io.cot_m)
+            lp_g = _spec_gradients(ctx, ref.spec, ctx.io.x_ref.to(ref.dtype), ctx.io.cot_ref.to(ref.dtype))
         except Exception as e:
-            report.notes.append(f"spec backward failed in {pol.dtype} ({_exc_text(e)}); tolerance = floor only")
-    step("spec backward")
-
-    links: list[tuple[str, tuple[str, ...]]] = [
-        (lib, tuple(k for k in keys if k not in synthetic)) for lib, keys in ad.links()
+            report.notes.append(f"spec backward failed in {ref.dtype} ({_exc_text(e)}); tolerance = floor only")
+    ctx.step("spec backward")
+    pol = ref.pol if ref is not None else ctx.pol
+    synthetic = set(ctx.desc.synthetic)
+    scale = group_scales({k: v for k, v in ref_g.items() if k not in synthetic}, grad_group)
+    rows = [
+        _grad_row(lib, keys, model_g, ref_g, lp_g, scale, pol)
+        for lib, keys in _grad_links(ad, ref_g, model_g, synthetic)
     ]
+    layers = ctx.desc.cfg.num_layers
+    rows.sort(key=lambda r: group_rank(r.group, layers))  # stable: keeps link order within a group
+    report.grads = rows
+    for group in dict.fromkeys(r.group for r in rows):
+        ctx.step(f"gradients {group}")
+    report.backward_ok = all(r.ok is not False for r in rows)
+    failed = [r.group for r in rows if r.ok is False]
+    report.first_grad_divergence = failed[0] if failed else None
+
+
+def _spec_gradients(ctx: _Context, spec: Any, x: Tensor, cot: Tensor) -> dict[str, Tensor]:
+    if ctx.desc.has_head:
+        g, gx = spec.backward(x, cot, mode="cache")
+    else:
+        g, gx = spec.backward(x, grad_pooled=cot, mode="cache")
+    d = dict(g.to_dict())
+    d["grad_x"] = gx
+    return d
+
+
+def _grad_links(
+    ad: Any, ref_g: Mapping[str, Tensor], model_g: Mapping[str, Tensor], synthetic: set[str]
+) -> list[tuple[str, tuple[str, ...]]]:
+    """``(library parameter, spec keys)`` to compare: every linked parameter, spec keys with no library
+    parameter, and the input."""
+    links = [(lib, tuple(k for k in keys if k not in synthetic)) for lib, keys in ad.links()]
     links = [(lib, keys) for lib, keys in links if keys]
     linked = {k for _, keys in links for k in keys}
     for k in ref_g:
         if k not in linked and k not in synthetic and k != "grad_x" and k in model_g:
             links.append((f"(no library parameter) {k}", (k,)))
-    links.append(("input", ("grad_x",)))
+    return [*links, ("input", ("grad_x",))]
 
-    # Group scale: the largest reference gradient entry of the group (normwise per group).
-    scale: dict[str, float] = {}
-    for _lib, keys in links:
-        g = grad_group(keys[0])
-        for k in keys:
-            if k in ref_g:
-                scale[g] = max(scale.get(g, 0.0), float(ref_g[k].detach().abs().max()) if ref_g[k].numel() else 0.0)
 
-    rows: list[GradResult] = []
-    for lib, keys in links:
-        group = grad_group(keys[0])
-        missing = [k for k in keys if k not in ref_g or k not in model_g]
-        if missing:
-            rows.append(GradResult(lib, list(keys), group, note="no gradient for " + ", ".join(missing)))
-            continue
-        shape_bad = [k for k in keys if tuple(model_g[k].shape) != tuple(ref_g[k].shape)]
-        if shape_bad:
-            rows.append(
-                GradResult(
-                    lib,
-                    list(keys),
-                    group,
-                    math.inf,
-                    math.inf,
-                    None,
-                    False,
-                    note="shape mismatch: " + ", ".join(shape_bad),
-                )
-            )
-            continue
-        max_abs = max(_max_abs(model_g[k], ref_g[k]) for k in keys)
-        s = max(scale.get(group, 0.0), torch.finfo(torch.float64).tiny)
-        rel = max_abs / s if math.isfinite(max_abs) else max_abs
-        lowp = None
-        if lp_g and all(k in lp_g for k in keys):
-            lowp = max(_max_abs(lp_g[k], ref_g[k]) for k in keys) / s
-        ok, tol = pol.judge(rel, lowp, grad=True)
-        note = ""
-        if not all(_finite(model_g[k]) for k in keys):
-            note = "model gradient is non-finite"
-        rows.append(GradResult(lib, list(keys), group, max_abs, rel, tol, ok, lowp, note))
+def _grad_row(
+    lib: str,
+    keys: tuple[str, ...],
+    model_g: Mapping[str, Tensor],
+    ref_g: Mapping[str, Tensor],
+    lp_g: Mapping[str, Tensor],
+    scale: Mapping[str, float],
+    pol: Policy,
+) -> GradResult:
+    group = grad_group(keys[0])
+    missing = [k for k in keys if k not in ref_g or k not in model_g]
+    if missing:
+        return GradResult(lib, list(keys), group, note="no gradient for " + ", ".join(missing))
+    shape_bad = [k for k in keys if tuple(model_g[k].shape) != tuple(ref_g[k].shape)]
+    if shape_bad:
+        note = "shape mismatch: " + ", ".join(shape_bad)
+        return GradResult(lib, list(keys), group, math.inf, math.inf, None, False, note=note)
+    s = scale.get(group, 0.0)
+    e = grad_errors([model_g[k] for k in keys], [ref_g[k] for k in keys], s)
+    lowp = None
+    if lp_g and all(k in lp_g for k in keys):
+        lowp = grad_errors([lp_g[k] for k in keys], [ref_g[k] for k in keys], s).rel
+    ok, tol = pol.judge(e.rel, lowp, grad=True)
+    note = "" if all(_finite(model_g[k]) for k in keys) else "model gradient is non-finite"
+    return GradResult(lib, list(keys), group, e.max_abs, e.rel, tol, ok, lowp, note)
 
-    layers = desc.cfg.num_layers
-    rows.sort(key=lambda r: _group_rank(r.group, layers))  # stable: keeps link order within a group
-    report.grads = rows
-    for group in dict.fromkeys(r.group for r in rows):
-        step(f"gradients {group}")
-    report.backward_ok = all(r.ok is not False for r in rows)
-    failed = [r.group for r in rows if r.ok is False]
-    report.first_grad_divergence = failed[0] if failed else None
+
+# -- step 5: verdict --------------------------------------------------------------------------
+def _verdict(ctx: _Context) -> None:
+    """PASS only if every stage (the returned output included) and every gradient passed; the reason
+    of any other status names where and by how much."""
+    r = ctx.report
+    bad_stage = [s for s in r.stages if "non-finite" in s.note]
+    bad_grad = [g for g in r.grads if "non-finite" in g.note]
+    if bad_stage or bad_grad:
+        r.status = Status.NONFINITE
+        r.first_divergence = r.first_divergence or (bad_stage[0].name if bad_stage else None)
+        where = bad_stage[0].name if bad_stage else f"the gradient of {bad_grad[0].library_name}"
+        r.reason = f"non-finite values at {where}"
+    elif r.forward_ok is False:
+        r.status = Status.MISMATCH
+        r.reason = _stage_reason(r)
+    elif r.backward_ok is False:
+        r.status = Status.MISMATCH
+        g = next(g for g in r.grads if g.ok is False)
+        r.reason = (
+            f"forward conforms; the gradient of {g.library_name} ({g.group}) is off by {g.rel_err:.1e} "
+            f"(normwise over the group; tol {g.tol:.1e})"
+        )
+    else:
+        r.status = Status.PASS
+
+
+def _stage_reason(r: Report) -> str:
+    s = r.stage(r.first_divergence_subop or r.first_divergence or "")
+    if s.isolated_ok is False:
+        return f"{s.name} diverges on its own inputs: isolated error {s.isolated_err:.1e} > tol {s.isolated_tol:.1e}"
+    if s.ok is False and s.rel_err is not None and s.tol is not None:
+        return f"{s.name}: propagated error {s.rel_err:.1e} > tol {s.tol:.1e}"
+    return f"{s.name}: {s.note or 'not conformant'}"

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vitspec.argtypes import positive_int, seed_int
+from vitspec.argtypes import OneLineParser, positive_int, seed_int
 
 __all__ = ["CONFIGS", "MatrixRow", "load_rows", "main", "merge_rows", "render_markdown", "run_matrix"]
 
@@ -273,12 +273,33 @@ def _dtypes(text: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def _out_dir(text: str) -> Path:
+    """An output directory that can be created/written, checked while parsing (before any model runs)."""
+    from vitspec._fs import UnwritableError, check_writable
+
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: not a directory")
+    try:
+        check_writable(path / "matrix.json")
+    except UnwritableError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return path
+
+
+def _version() -> str:
+    from vitspec import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m conformance.matrix", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m conformance.matrix", description=__doc__.split("\n\n")[0])
     p.add_argument("--library", choices=(*CONFIGS, "all"), default="all", help="which library (default: all)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
     p.add_argument("--dtypes", type=_dtypes, default=["float64"], help="comma list (default: float64)")
-    p.add_argument("--out", required=True, type=Path, help="output directory (matrix.json, matrix.md, reports/)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--out", required=True, type=_out_dir, help="output directory (matrix.json, matrix.md, reports/)")
     p.add_argument("--only", default=None, metavar="SUBSTR", help="only configurations whose target contains SUBSTR")
     p.add_argument("--batch", type=positive_int, default=2, help="batch size (default: 2)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed (default: 0)")
@@ -287,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vitspec._fs import safe_streams
+
+    safe_streams()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 #: Bumped when a field changes meaning; ``from_json`` refuses other major versions.
-SCHEMA_VERSION = 1
+#: 2: the ``output`` stage, isolated errors (``isolated_*``), ``source`` and ``precision`` per stage.
+SCHEMA_VERSION = 2
 
 
 class Status(StrEnum):
@@ -48,12 +49,19 @@ class Status(StrEnum):
 
 @dataclass
 class StageResult:
-    """One forward stage (or sub-op) of the model compared with the float64 spec.
+    """One forward stage (or sub-op) of the model compared with the float64 spec, two ways.
 
-    ``rel_err`` is normwise: ``max|model - spec| / max(max|spec|, tiny)``. ``ok`` is
-    ``None`` when the stage was not compared (not captured / not present); such a stage
-    never counts as passed. In native low-precision mode ``spec_lowp_err`` is the same
-    error of the spec itself run in the model's dtype, and ``tol`` is derived from it.
+    *Propagated* (``rel_err``, ``tol``, ``ok``): the model's stage tensor against the spec run
+    end to end on the same input, so it carries every upstream difference. *Isolated*
+    (``isolated_err``, ``isolated_tol``, ``isolated_ok``): the model's stage tensor against the
+    spec's stage applied to the model's *own* input of that stage (its neighbour's captured
+    output), so it measures this stage alone; the first stage whose isolated error fails is
+    where the model diverges. Errors are normwise: ``max|model - spec| / max(max|spec|, tiny)``.
+    ``ok`` / ``isolated_ok`` are ``None`` when not compared (not captured, no input); such a
+    stage never counts as passed. ``source`` names the module (and input/output) the tensor was
+    read from; ``precision`` a lower precision the model declares for this stage (its tolerance
+    follows it). In native low-precision mode ``spec_lowp_err`` is the error of the spec itself
+    run in the model's dtype, and ``tol`` is derived from it.
     """
 
     name: str
@@ -65,10 +73,20 @@ class StageResult:
     spec_lowp_err: float | None = None
     shape: list[int] | None = None
     note: str = ""
+    isolated_err: float | None = None
+    isolated_tol: float | None = None
+    isolated_ok: bool | None = None
+    source: str = ""
+    precision: str = ""
 
     @property
     def compared(self) -> bool:
         return self.ok is not None
+
+    @property
+    def failed(self) -> bool:
+        """Whether the propagated or the isolated comparison failed."""
+        return self.ok is False or self.isolated_ok is False
 
 
 @dataclass
@@ -109,7 +127,7 @@ def _float_in(v: Any) -> float | None:
     return float(v)
 
 
-_FLOAT_FIELDS = {"max_abs_err", "rel_err", "tol", "spec_lowp_err", "elapsed_s"}
+_FLOAT_FIELDS = {"max_abs_err", "rel_err", "tol", "spec_lowp_err", "elapsed_s", "isolated_err", "isolated_tol"}
 
 
 def _encode(obj: Any) -> Any:
@@ -188,10 +206,12 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        """CLI convention: 0 conformant, 1 not conformant, 2 cannot be checked."""
+        """CLI convention: 0 conformant, 1 not conformant, 3 the spec cannot express the model (UNSUPPORTED).
+
+        2 is kept for usage errors (bad flags, a target that cannot be built), so CI can tell them apart."""
         if self.status is Status.PASS:
             return 0
-        return 2 if self.status is Status.UNSUPPORTED else 1
+        return 3 if self.status is Status.UNSUPPORTED else 1
 
     def stage(self, name: str) -> StageResult:
         """The stage (or drilled-down sub-op) called ``name``; ``KeyError`` if absent."""
@@ -273,17 +293,11 @@ class Report:
         )
         if self.stages:
             lines += ["## Forward stages", ""]
-            lines += _md_table(
-                ["stage", "max abs err", "rel err", *(["spec low-prec err"] if native else []), "tol", "result"],
-                [_stage_row(s, native) for s in self.stages],
-            )
+            lines += _md_table(_stage_header(native, "stage"), [_stage_row(s, native) for s in self.stages])
             lines.append("")
         if self.subops:
             lines += [f"### Drill-down of {self.first_divergence}", ""]
-            lines += _md_table(
-                ["sub-op", "max abs err", "rel err", *(["spec low-prec err"] if native else []), "tol", "result"],
-                [_stage_row(s, native) for s in self.subops],
-            )
+            lines += _md_table(_stage_header(native, "sub-op"), [_stage_row(s, native) for s in self.subops])
             lines.append("")
         if self.grads:
             lines += ["## Gradients", ""]
@@ -311,6 +325,44 @@ class Report:
             lines.append("")
         lines.append(f"_elapsed: {self.elapsed_s:.2f} s_")
         return "\n".join(lines) + "\n"
+
+    # -- notebooks (a short repr; Jupyter picks the rich forms) ----------------------
+    def __repr__(self) -> str:
+        head = self.headline()
+        head = head if len(head) <= 160 else head[:157] + "..."
+        return f"<Report {head}; {len(self.stages)} stages, {len(self.grads)} gradients, {self.elapsed_s:.1f} s>"
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+    def _repr_html_(self) -> str:
+        """Headline, deviations, and the stage and gradient-group tables as HTML."""
+        from html import escape
+
+        color = "green" if self.ok else "#b00"
+        parts = [f'<p><strong style="color:{color}">{escape(self.headline())}</strong></p>']
+        if self.deviations:
+            items = "".join(f"<li>{escape(d)}</li>" for d in self.deviations)
+            parts.append(f"<p>Deviations from the spec:</p><ul>{items}</ul>")
+        rows = [(s.name, s.rel_err, s.tol, _verdict(s.ok, s.captured, s.note)) for s in (*self.stages, *self.subops)]
+        for group, gs in self.grad_groups().items():
+            errs = [g.rel_err for g in gs if g.rel_err is not None]
+            tols = [g.tol for g in gs if g.tol is not None]
+            failed = any(g.ok is False for g in gs)
+            verdict = "**FAIL**" if failed else _verdict(True if all(g.ok for g in gs) else None)
+            rows.append((f"grad {group}", max(errs, default=None), min(tols, default=None), verdict))
+        if rows:
+            body = "".join(
+                f"<tr><td>{escape(n)}</td><td>{format_err(e)}</td><td>{format_err(t)}</td>"
+                f"<td>{escape(v.strip('*'))}</td></tr>"
+                for n, e, t, v in rows
+            )
+            parts.append(
+                "<table><thead><tr><th>stage</th><th>rel err</th><th>tol</th><th>result</th></tr></thead>"
+                f"<tbody>{body}</tbody></table>"
+            )
+        parts += [f"<p><em>note: {escape(n)}</em></p>" for n in self.notes]
+        return "\n".join(parts)
 
     # -- files ---------------------------------------------------------------------
     def write_json(self, path: str | os.PathLike[str]) -> Path:
@@ -404,11 +456,26 @@ def _verdict(ok: bool | None, captured: bool = True, note: str = "") -> str:
     return "ok" if ok else "**FAIL**"
 
 
+def _stage_header(native: bool, first: str) -> list[str]:
+    low = ["spec low-prec err"] if native else []
+    return [first, "max abs err", "propagated err", *low, "tol", "isolated err", "isolated tol", "result"]
+
+
 def _stage_row(s: StageResult, native: bool) -> list[str]:
     row = [s.name, format_err(s.max_abs_err), format_err(s.rel_err)]
     if native:
         row.append(format_err(s.spec_lowp_err))
-    return [*row, format_err(s.tol), _verdict(s.ok, s.captured, s.note)]
+    row += [format_err(s.tol), format_err(s.isolated_err), format_err(s.isolated_tol)]
+    if s.ok is None and s.isolated_ok is None:
+        result = _verdict(None, s.captured, s.note)
+    elif s.isolated_ok is False:
+        result = "**FAIL**"
+    elif s.ok is False:
+        result = "**FAIL** (propagated only)"
+    else:
+        result = "ok"
+    extra = [x for x in (s.precision and f"{s.precision} declared", s.source and f"from {s.source}") if x]
+    return [*row, result + (f" ({'; '.join(extra)})" if extra and s.compared else "")]
 
 
 def _grad_row(g: GradResult, native: bool) -> list[str]:

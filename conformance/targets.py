@@ -22,7 +22,8 @@ For timm and torchvision they are constructor kwargs; for ``hf`` they override c
 for ``vit_pytorch`` they override the preset's ``ViT`` arguments.
 
 Weights are random: ``torch.manual_seed(seed)`` runs first, so a target and a seed always give
-the same model.
+the same model. Nothing is downloaded: ``pretrained=true`` (or torchvision ``weights=...``) is
+refused with a pointer to ``--weights PATH`` (:mod:`conformance.weights`), which loads a local file.
 """
 
 from __future__ import annotations
@@ -129,12 +130,42 @@ def build_target(target: str, *, seed: int = 0) -> tuple[nn.Module, str]:
     Raises :class:`TargetError` with the valid choices where practical.
     """
     kind, name, overrides = parse_target(target)
+    _refuse_downloads(target, overrides)
     build: Callable[[str, dict[str, Any]], nn.Module] = _BUILDERS[kind]
     torch.manual_seed(seed)
-    model = build(name, overrides)
+    try:
+        model = build(name, overrides)
+    except (TargetError, ImportError, KeyboardInterrupt):
+        raise
+    except SystemExit as err:  # the target's module or factory called sys.exit(): never a silent exit 0
+        raise TargetError(f"building {_shown(target)} called sys.exit({err.code!r})") from None
+    except Exception as err:  # a library or factory rejecting the overrides (KeyError, ZeroDivisionError, ...)
+        raise TargetError(f"building {_shown(target)} failed: {type(err).__name__}: {err}") from err
     if not isinstance(model, nn.Module):
         raise TargetError(f"{target!r} built a {type(model).__name__}, not a torch.nn.Module")
     return model, target.strip()
+
+
+def _shown(target: str) -> str:
+    """The target for a message: at most ~200 characters, undecodable file-name bytes as U+FFFD."""
+    text = target.strip().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return repr(text if len(text) <= 200 else text[:120] + "..." + text[-60:])
+
+
+def _refuse_downloads(target: str, overrides: dict[str, Any]) -> None:
+    """Nothing is downloaded: ``pretrained=true`` (timm) or ``weights=...`` (torchvision) points to ``--weights``.
+
+    An explicit ``pretrained=false`` / ``weights=none`` is the default anyway and is dropped, so it
+    does not reach the constructor twice.
+    """
+    for key in ("pretrained", "weights"):
+        value = overrides.pop(key, None)
+        if value not in (None, False):
+            raise TargetError(
+                f"{target!r}: {key}={value!r} asks for a hub download, which vitspec never performs; "
+                "download the weights yourself and pass the file with --weights PATH "
+                "(.safetensors or a torch checkpoint)"
+            )
 
 
 def _import(lib: str) -> Any:

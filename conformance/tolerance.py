@@ -43,6 +43,7 @@ with an fp64 reference), never worse than a few units of its own roundoff.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -58,9 +59,12 @@ __all__ = [
     "Errors",
     "Policy",
     "accumulation_length",
+    "coarser",
     "errors",
     "float64_forward_tol",
     "float64_grad_tol",
+    "grad_errors",
+    "group_scales",
     "parse_dtype",
     "policy",
 ]
@@ -153,6 +157,35 @@ def _nonfinite(diff: torch.Tensor) -> float:
     return math.nan if bool(torch.isnan(diff).any()) else math.inf
 
 
+def coarser(dtype: str, than: str) -> bool:
+    """Whether ``dtype`` rounds more coarsely than ``than`` (larger unit roundoff)."""
+    return UNIT_ROUNDOFF[dtype] > UNIT_ROUNDOFF[than]
+
+
+def group_scales(ref: Mapping[str, torch.Tensor], group_of: Callable[[str], str]) -> dict[str, float]:
+    """The scale each gradient *group* is judged against: its largest reference entry.
+
+    Normwise per group, not per parameter: an analytically zero gradient (the attention
+    key bias) is rounding noise and must be measured against its layer's scale.
+    """
+    out: dict[str, float] = {}
+    for k, t in ref.items():
+        g = group_of(k)
+        out[g] = max(out.get(g, 0.0), float(t.detach().abs().max()) if t.numel() else 0.0)
+    return out
+
+
+def grad_errors(model: Sequence[torch.Tensor], ref: Sequence[torch.Tensor], scale: float) -> Errors:
+    """``max|model - ref|`` over several tensors (one library parameter may feed several spec keys),
+    relative to the group ``scale``."""
+    worst = max((errors(a, r, scale=scale) for a, r in zip(model, ref, strict=True)), key=lambda e: _order(e.max_abs))
+    return worst
+
+
+def _order(v: float) -> float:
+    return math.inf if math.isnan(v) else v
+
+
 @dataclass(frozen=True)
 class Policy:
     """The numbers a check uses; stored in the report (``Report.tolerance``)."""
@@ -173,9 +206,10 @@ class Policy:
     def judge(self, err: float, spec_lowp_err: float | None = None, *, grad: bool = False) -> tuple[bool, float]:
         """``(ok, tol)`` for one normwise error.
 
-        float64: ``err <= tol64`` (forward or gradient bound). Native mode:
-        ``err <= max(NATIVE_K · spec_lowp_err, floor)``; a missing or non-finite spec
-        error falls back to the floor. ``nan``/``inf`` errors never pass.
+        float64: ``err <= tol64`` (forward or gradient bound). Native mode (and a stage the model
+        declares it computes in a coarser dtype, judged with that dtype's policy):
+        ``err <= max(NATIVE_K · spec_lowp_err, floor)``; a missing or non-finite spec error falls
+        back to the floor. ``nan``/``inf`` errors never pass.
         """
         if not self.native:
             tol = self.grad_tol64 if grad else self.fwd_tol64

@@ -3,8 +3,9 @@
 #
 # Needs only Python >= 3.11 (python3.11 if present, else python3). Installs the
 # pinned torch/torchvision first, then vitspec editable with every extra, so that
-# resolving vitspec's own range (torch<=2.14.1) finds the pin already satisfied and
-# never pulls another torch. Reruns are fast: the installs are skipped while
+# resolving vitspec's own range (torch>=2.4, no upper cap) finds the pin already
+# satisfied and never pulls another torch (pip upgrades only when a requirement is
+# unmet); the check at the end refuses an environment whose torch is not the pin. Reruns are fast: the installs are skipped while
 # .venv/.vitspec-stamp holds the sha256 of the current pyproject.toml.
 #
 #   bash scripts/setup.sh && .venv/bin/python -m pytest -q -n 2 -m "not slow"

@@ -35,14 +35,14 @@ def data(batch: int = 4, seed: int = 0, classes: int = 3) -> tuple[Tensor, Tenso
 # -- gradcheck -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("cls", "profile"),
-    [(ViTSpec, "torchlean"), (ViTClsSpec, "timm"), (ViTClsSpec, "lucidrains")],
-    ids=["mean-torchlean", "cls-timm", "cls-lucidrains"],
+    [(ViTSpec, "torchlean"), (ViTClsSpec, "timm"), (ViTClsSpec, "vit_pytorch")],
+    ids=["mean-torchlean", "cls-timm", "cls-vit_pytorch"],
 )
 @pytest.mark.parametrize("mode", ["cache", "recompute"])
 def test_gradcheck(cls: type[ViTSpec], profile: str, mode: str) -> None:
     """Finite differences (float64) agree with the explicit backward through autograd.Function."""
-    cfg = ViTConfig(1, 1, 1, 0, 4, 3, 2, 1, 2) if profile != "lucidrains" else ViTConfig(2, 2, 2, 0, 4, 3, 2, 1, 2)
-    chw = (1, 2, 2) if profile != "lucidrains" else (1, 2, 4)
+    cfg = ViTConfig(1, 1, 1, 0, 4, 3, 2, 1, 2) if profile != "vit_pytorch" else ViTConfig(2, 2, 2, 0, 4, 3, 2, 1, 2)
+    chw = (1, 2, 2) if profile != "vit_pytorch" else (1, 2, 4)
     m = cls.init(cfg, *chw, dtype=F64, profile=profile, seed=1)
     params = [t.detach().clone().requires_grad_() for t in m.state_dict().values()]
     x = torch.randn(2, *chw, dtype=F64, generator=torch.Generator().manual_seed(2), requires_grad=True)
@@ -88,7 +88,7 @@ def test_spec_vit_holds_the_spec_parameters_under_spec_keys() -> None:
 
 
 @pytest.mark.parametrize("mode", ["cache", "recompute"])
-@pytest.mark.parametrize("profile", ["torchlean", "timm", "lucidrains", "d2l"])
+@pytest.mark.parametrize("profile", ["torchlean", "timm", "vit_pytorch", "d2l"])
 def test_spec_vit_gradients_equal_autograd(profile: str, mode: str, device: str) -> None:
     dtype = F64 if device == "cpu" else torch.float32
     spec = ViTClsSpec.init(TINY, *CHW, dtype=dtype, device=device, profile=profile)

@@ -14,9 +14,9 @@ from torch import Tensor, nn
 
 from conformance import check
 from conformance.capture import CaptureError, capture
-from conformance.compare import grad_group, sub_op_order
 from conformance.report import Report, Status
 from vitspec.errors import ConfigError, MappingError
+from vitspec.schema import grad_group, sub_op_order
 
 pytestmark = pytest.mark.thirdparty
 timm = pytest.importorskip("timm")
@@ -67,6 +67,30 @@ def test_capture_output_input_and_removal() -> None:
     assert not lin._forward_hooks and not lin._forward_pre_hooks
 
 
+def test_capture_candidates_stand_in_and_disagreements_are_reported() -> None:
+    a, b, skipped = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3)
+    x = torch.randn(2, 3)
+    pts = {
+        # the consumer b sees a's output: both candidates agree, the first is used, no note
+        "agree": [_Point(b, "input"), _Point(a)],
+        # the first candidate never runs: the second stands in, and the report says which
+        "stand_in": [_Point(skipped, "input"), _Point(a)],
+        # both run but see different tensors (b's input is a(x), b's output is not)
+        "differ": [_Point(b), _Point(a)],
+        "never": [_Point(skipped)],
+    }
+    for p, w in zip(pts["stand_in"], ("skipped (input)", "a (output)"), strict=True):
+        p.where = w
+    with capture(pts) as cap:
+        b(a(x))
+    assert torch.equal(cap["agree"], a(x).detach()) and torch.equal(cap["stand_in"], a(x).detach())
+    assert "stand_in: skipped (input) did not run; a (output) stood in" in cap.notes
+    assert any(n.startswith("differ: ") and "differ (max abs" in n for n in cap.notes)
+    assert len(cap.notes) == 2 and "never" not in cap
+    assert cap.missing_reason("never").startswith("not captured: none of never candidate 0 (output) ran")
+    assert cap.missing_reason("unknown") == "not captured: the adapter names no capture point for this stage"
+
+
 def test_capture_removes_hooks_when_the_forward_raises() -> None:
     lin = nn.Linear(3, 3)
     with pytest.raises(RuntimeError), capture({"a": _Point(lin), "b": _Point(lin, "input")}):
@@ -95,8 +119,9 @@ def test_pass_report_contents(passing: Report) -> None:
         "final_norm",
         "pool",
         "head",
+        "output",
     ]
-    assert all(s.ok and s.captured and s.tol == r.stages[0].tol for s in r.stages)
+    assert all(s.ok and s.isolated_ok and s.captured and s.tol == r.stages[0].tol for s in r.stages)
     assert r.subops == [] and r.first_divergence is None
     d = r.description
     assert d["library"] == "timm" and d["variant"] == "cls" and d["input_size"] == [3, 32, 32]
@@ -215,7 +240,7 @@ def test_cuda_missing_is_a_config_error() -> None:
 # -- non-PASS statuses -----------------------------------------------------------------------
 def test_unsupported_feature() -> None:
     r = check(tiny(reg_tokens=2))
-    assert r.status is Status.UNSUPPORTED and r.exit_code == 2
+    assert r.status is Status.UNSUPPORTED and r.exit_code == 3
     assert "register tokens" in r.reason and r.stages == []
 
 
@@ -291,7 +316,7 @@ def test_uncaptured_stage_is_listed_never_passed() -> None:
     assert s.captured is False and s.ok is None and s.rel_err is None
     assert r.not_captured == ["pos_embed", "blocks.0"]
     assert any("not captured" in n and "pos_embed" in n for n in r.notes)
-    assert "| pos_embed | - | - | - | not captured |" in r.to_markdown()
+    assert "| pos_embed | - | - | - | - | - | not captured |" in r.to_markdown()
 
 
 def test_uncaptured_sub_op_is_reported_in_the_drill_down() -> None:
@@ -306,7 +331,7 @@ def test_uncaptured_sub_op_is_reported_in_the_drill_down() -> None:
     r = check(m, adapter=NoSubops, grads=False)
     assert r.first_divergence == "blocks.0" and r.first_divergence_subop is None
     assert [s.captured for s in r.subops] == [False] * 4
-    assert any("uncaptured sub-ops" in n for n in r.notes)
+    assert any("sub-ops not compared may hide the cause" in n for n in r.notes)
 
 
 def test_shape_mismatch_fails_the_stage() -> None:
@@ -315,10 +340,59 @@ def test_shape_mismatch_fails_the_stage() -> None:
     class Transposed(TimmAdapter):
         def capture_points(self) -> dict[str, Any]:
             pts = super().capture_points()
-            p = pts["blocks.0"]
-            pts["blocks.0"] = type(p)(p.module, "output", lambda t: t.transpose(1, 2))
+            p = pts["blocks.0"][-1]  # the block's own output (the first candidate is blocks.1's input)
+            pts["blocks.0"] = (type(p)(p.module, "output", lambda t: t.transpose(1, 2)),)
             return pts
 
     r = check(tiny(), adapter=Transposed, grads=False)
     s = r.stage("blocks.0")
     assert s.ok is False and "shape" in s.note and r.first_divergence == "blocks.0"
+
+
+# -- isolation: the spec's stages one at a time, and declared precision -------------------------------
+@pytest.mark.parametrize("profile", ["torchlean", "timm", "vit_pytorch"])
+def test_spec_stages_in_isolation_reproduce_its_own_forward(profile: str) -> None:
+    """``run_stage(name, stage_input(name, captured, x))`` equals the spec's own forward for every stage
+    and sub-op (pre- and post-norm, conv and linear_ln patches) to the last bit or two (a whole layer
+    may take a differently fused path): isolation adds no error of its own."""
+    from vitspec.config import ViTConfig
+    from vitspec.models import ViTClsSpec, ViTSpec
+
+    cls = ViTSpec if profile == "torchlean" else ViTClsSpec
+    spec = cls.init(ViTConfig(4, 4, 4, 0, 16, 32, 2, 2, 5), 3, 8, 8, dtype=torch.float64, profile=profile)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    cap: dict[str, Tensor] = {}
+    spec.forward(x, capture=cap)
+    names = spec.stage_names(sub_ops=True)
+    assert len(names) >= 13
+    for name in names:
+        inp = spec.stage_input(name, cap, x)
+        assert inp is not None, name
+        torch.testing.assert_close(spec.run_stage(name, inp), cap[name], rtol=1e-14, atol=1e-14, msg=name)
+    # A missing neighbour is said, not guessed: blocks.1 needs blocks.0's output.
+    assert spec.stage_input("blocks.1", {k: v for k, v in cap.items() if k != "blocks.0"}, x) is None
+
+
+def test_declared_lower_precision_keeps_its_teeth() -> None:
+    """HF eager attention (float32 softmax) passes a float64 check, judged against the spec run in
+    float32; a LayerNorm eps change in the same model is still caught, in isolation, at float64's bound."""
+    tf = pytest.importorskip("transformers")
+
+    def hf() -> nn.Module:
+        torch.manual_seed(0)
+        cfg = tf.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, num_labels=5, attn_implementation="eager")  # fmt: skip
+        return tf.ViTForImageClassification(cfg)
+
+    r = check(hf())
+    assert r.status is Status.PASS, r.to_markdown()
+    assert any(n.startswith("precision: the attention softmax") and "float32" in n for n in r.notes)
+    assert r.tolerance["declared"]["dtype"] == "float32"
+    blk = r.stage("blocks.0")
+    assert blk.precision == "float32" and blk.spec_lowp_err is not None and blk.rel_err > r.tolerance["fwd_tol64"]
+    assert r.stage("patch_embed").precision == "" and r.stage("patch_embed").tol == r.tolerance["fwd_tol64"]
+    m = hf()
+    m.vit.layers[1].layernorm_after.eps = 1e-5
+    bad = check(m, grads=False)
+    assert (bad.first_divergence, bad.first_divergence_subop) == ("blocks.1", "blocks.1.norm2")
+    assert bad.stage("blocks.1.norm2").isolated_tol == r.tolerance["fwd_tol64"]

@@ -1,6 +1,6 @@
-"""The named-dimension DSL (:mod:`vitspec.dims`): SPEC §1-§3 shapes enforced at run time.
+"""The named-dimension DSL (:mod:`vitspec.dims`): Lean ViTSpec shapes enforced at run time.
 
-Sections: the dimension names and their formulas (SPEC §1-§3), derived-dimension
+Sections: the dimension names and their formulas (Lean Vit.lean ViTPatchOutH, ViTSpec.forward), derived-dimension
 errors carrying dim, formula and numbers, internal consistency, device/dtype
 agreement, and the on/off switch (call, context manager, ``VITSPEC_SHAPE_CHECKS``).
 """
@@ -65,12 +65,16 @@ def test_dsl_every_bound_dim_is_documented_and_every_documented_dim_is_bound() -
 
 
 def test_spec1_tokens_formula_with_numbers() -> None:
-    assert DIMS["tokens"] == 196, "SPEC §1 ViTPatchCount 224/16 -> 14*14"
-    assert DIMS.explain("tokens") == "tokens = out_h*out_w = 14*14 = 196", "SPEC §1 tokens formula with numbers"
-    assert CLS_DIMS["tokens"] == 197 and CLS_DIMS["patches"] == 196, "SPEC §3 ViTClsSpec has T + 1 tokens"
-    assert CLS_DIMS.explain("tokens") == "tokens = out_h*out_w + 1 = 14*14 + 1 = 197", "SPEC §3 CLS tokens formula"
+    assert DIMS["tokens"] == 196, "Lean ViTPatchCount 224/16 -> 14*14"
+    assert DIMS.explain("tokens") == "tokens = out_h*out_w = 14*14 = 196", (
+        "Lean Vit.lean formulas tokens formula with numbers"
+    )
+    assert CLS_DIMS["tokens"] == 197 and CLS_DIMS["patches"] == 196, "Lean ViTSpec.forward ViTClsSpec has T + 1 tokens"
+    assert CLS_DIMS.explain("tokens") == "tokens = out_h*out_w + 1 = 14*14 + 1 = 197", (
+        "Lean ViTSpec.forward CLS tokens formula"
+    )
     assert DIMS.explain("out_h") == "out_h = (in_h + 2*padding - patch_h)/stride + 1 = (224 + 2*0 - 16)/16 + 1 = 14", (
-        "SPEC §1 ViTPatchOutH formula with numbers"
+        "Lean ViTPatchOutH formula with numbers"
     )
 
 
@@ -105,10 +109,12 @@ def test_spec1_Dims_from_config_are_the_spec_formulas(
     d = Dims.from_config(cfg, c, h, w, cls_token=cls_token)
     oh, ow = patch_out_h(h, cfg.patch_h, cfg.stride, cfg.padding), patch_out_w(w, cfg.patch_w, cfg.stride, cfg.padding)
     t = patch_count(h, w, cfg.patch_h, cfg.patch_w, cfg.stride, cfg.padding)
-    assert (d["out_h"], d["out_w"], d["patches"]) == (oh, ow, t), "SPEC §1 ViTPatchOutH/W/Count"
-    assert d["tokens"] == t + cls_token, "SPEC §3 tokens = T (+1 with a CLS token)"
+    assert (d["out_h"], d["out_w"], d["patches"]) == (oh, ow, t), "Lean ViTPatchOutH/W/Count"
+    assert d["tokens"] == t + cls_token, "Lean ViTSpec.forward tokens = T (+1 with a CLS token)"
     hd = cfg.embed_dim // cfg.head_count
-    assert (d["head_dim"], d["attn_dim"]) == (hd, cfg.head_count * hd), "SPEC §3 head_dim = embedDim/headCount (floor)"
+    assert (d["head_dim"], d["attn_dim"]) == (hd, cfg.head_count * hd), (
+        "Lean ViTSpec.forward head_dim = embedDim/headCount (floor)"
+    )
     assert d["patch_dim"] == c * cfg.patch_h * cfg.patch_w, "DSL patch_dim = channels*patch_h*patch_w"
     assert (d["embed_dim"], d["hidden_dim"], d["heads"], d["classes"], d["channels"]) == (
         cfg.embed_dim,
@@ -116,7 +122,7 @@ def test_spec1_Dims_from_config_are_the_spec_formulas(
         cfg.head_count,
         cfg.num_classes,
         c,
-    ), "SPEC §2 config dims"
+    ), "Lean ViTConfig.WF config dims"
     for name, value in d.values.items():
         assert d.explain(name).startswith(f"{name} = "), f"DSL explain({name!r}) starts with the name"
         assert f"= {value}" in d.explain(name), f"DSL explain({name!r}) ends in its value {value}: {d.explain(name)}"
@@ -128,13 +134,17 @@ def test_spec1_wrong_token_count_names_function_argument_dim_formula_and_shape()
         P.pos_add(torch.zeros(195, E), torch.zeros(195, E))
     err = info.value
     assert (err.function, err.argument, err.dim) == ("pos_add", "tokens", "tokens"), (
-        f"SPEC §1 ShapeError names function, argument and dim: {err.function!r} {err.argument!r} {err.dim!r}"
+        f"Lean formulas: ShapeError names function, argument, dim: {err.function!r} {err.argument!r} {err.dim!r}"
     )
-    assert (err.expected, err.actual, err.shape) == (196, 195, (195, E)), "SPEC §1 expected/actual values and shape"
-    assert err.formula == "tokens = out_h*out_w = 14*14 = 196", f"SPEC §1 formula with numbers: {err.formula!r}"
+    assert (err.expected, err.actual, err.shape) == (196, 195, (195, E)), (
+        "Lean Vit.lean formulas expected/actual values and shape"
+    )
+    assert err.formula == "tokens = out_h*out_w = 14*14 = 196", (
+        f"Lean Vit.lean formulas formula with numbers: {err.formula!r}"
+    )
     msg = str(err)
     for part in ("pos_add", "'tokens'", "must be 196, got 195", "tokens = out_h*out_w = 14*14 = 196", "(195, 8)"):
-        assert part in msg, f"SPEC §1 ShapeError message carries {part!r}: {msg}"
+        assert part in msg, f"Lean Vit.lean formulas ShapeError message carries {part!r}: {msg}"
     assert isinstance(err, VitSpecError) and isinstance(err, ValueError), "ShapeError is a VitSpecError/ValueError"
 
 
@@ -143,7 +153,7 @@ def test_spec3_cls_model_expects_T_plus_1_tokens() -> None:
     with bind_dims(CLS_DIMS), pytest.raises(ShapeError) as info:
         P.pos_add(torch.zeros(196, E), pos)
     assert info.value.expected == 197 and "14*14 + 1 = 197" in str(info.value), (
-        f"SPEC §3 ViTClsSpec pos has T + 1 rows: {info.value}"
+        f"Lean ViTSpec.forward ViTClsSpec pos has T + 1 rows: {info.value}"
     )
 
 
@@ -152,7 +162,7 @@ def test_spec3_return_value_is_checked_against_bound_dims() -> None:
     with bind_dims(DIMS), pytest.raises(ShapeError) as info:
         P.cls_prepend(torch.zeros(196, E), torch.zeros(E))
     assert (info.value.argument, info.value.dim, info.value.actual) == ("return", "tokens", 197), (
-        f"SPEC §3 a checked return value is held to the bound dims: {info.value}"
+        f"Lean ViTSpec.forward a checked return value is held to the bound dims: {info.value}"
     )
 
 
@@ -162,8 +172,8 @@ def test_spec3_wrong_embed_dim_in_a_weight() -> None:
     with bind_dims(DIMS), pytest.raises(ShapeError) as info:
         P.head(x.mean(0), w_bad, torch.zeros(5))
     err = info.value
-    assert err.dim == "embed_dim" and err.expected == E, f"SPEC §3 head_W is (numClasses, embedDim): {err}"
-    assert err.argument in ("w", "pooled") and f"embed_dim = {E}" in str(err), f"SPEC §3 message: {err}"
+    assert err.dim == "embed_dim" and err.expected == E, f"Lean ViTSpec.forward head_W is (numClasses, embedDim): {err}"
+    assert err.argument in ("w", "pooled") and f"embed_dim = {E}" in str(err), f"Lean ViTSpec.forward message: {err}"
 
 
 @settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -183,16 +193,18 @@ def test_spec1_checked_conv2d_and_tokens_agree_with_the_formulas(
         grid = P.conv2d(x, kernel, bias, cfg.stride, cfg.padding)
         tokens = P.grid_to_tokens(grid)
         out = P.pos_add(tokens, torch.zeros(d["tokens"], e, device=device))
-    assert tuple(grid.shape) == (e, d["out_h"], d["out_w"]), "SPEC §3 patches : (embedDim, outH, outW)"
-    assert tuple(out.shape) == (d["tokens"], e) and out.device.type == torch.device(device).type, "SPEC §3 tokens"
+    assert tuple(grid.shape) == (e, d["out_h"], d["out_w"]), "Lean ViTSpec.forward patches : (embedDim, outH, outW)"
+    assert tuple(out.shape) == (d["tokens"], e) and out.device.type == torch.device(device).type, (
+        "Lean ViTSpec.forward tokens"
+    )
 
     which = data.draw(st.sampled_from(["tokens", "embed_dim"]), label="wrong dim")
     bad_pos = torch.zeros(d["tokens"] + (which == "tokens"), e + (which == "embed_dim"), device=device)
     with bind_dims(d), pytest.raises(ShapeError) as info:
         P.pos_add(tokens, bad_pos)
-    assert info.value.dim == which, f"SPEC §3 the error names the wrong dim {which!r}: {info.value}"
+    assert info.value.dim == which, f"Lean ViTSpec.forward the error names the wrong dim {which!r}: {info.value}"
     assert info.value.expected == d[which] and d.explain(which) in str(info.value), (
-        f"SPEC §3 the error carries the formula {d.explain(which)!r}: {info.value}"
+        f"Lean ViTSpec.forward the error carries the formula {d.explain(which)!r}: {info.value}"
     )
 
 
@@ -257,8 +269,12 @@ def test_dsl_optional_tensor_arguments_are_checked_when_given() -> None:
     wq = torch.zeros(E, DIMS["attn_dim"])
     with bind_dims(DIMS), pytest.raises(ShapeError) as info:
         P.mha(torch.zeros(196, E), wq, wq, wq, wq.T, bq=torch.zeros(DIMS["attn_dim"] - 1), heads=CFG.head_count)
-    assert (info.value.argument, info.value.dim) == ("bq", "attn_dim"), f"SPEC §3 optional bq checked: {info.value}"
-    assert "attn_dim = heads*head_dim = 2*4 = 8" in str(info.value), f"SPEC §3 with its formula: {info.value}"
+    assert (info.value.argument, info.value.dim) == ("bq", "attn_dim"), (
+        f"Lean ViTSpec.forward optional bq checked: {info.value}"
+    )
+    assert "attn_dim = heads*head_dim = 2*4 = 8" in str(info.value), (
+        f"Lean ViTSpec.forward with its formula: {info.value}"
+    )
 
 
 def test_dsl_device_disagreement_is_refused(device: str) -> None:
@@ -277,7 +293,9 @@ def test_dsl_primitives_run_checked_on_the_test_device(device: str) -> None:
         y = P.layer_norm(x, gamma, beta, 1e-6)
         pooled = P.mean_pool(y)
         logits = P.head(pooled, torch.zeros(5, E, device=device), torch.zeros(5, device=device))
-    assert logits.shape == (5,) and logits.device == x.device, "SPEC §3 logits : (numClasses,) on the input's device"
+    assert logits.shape == (5,) and logits.device == x.device, (
+        "Lean ViTSpec.forward logits : (numClasses,) on the input's device"
+    )
 
 
 # -- the switch --------------------------------------------------------------------

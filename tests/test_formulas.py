@@ -1,4 +1,4 @@
-"""SPEC §1: the output-size formulas ``ViTPatchOutH``, ``ViTPatchOutW``, ``ViTPatchCount``.
+"""Lean Vit.lean formulas: the output-size formulas ``ViTPatchOutH``, ``ViTPatchOutW``, ``ViTPatchCount``.
 
 Two independent oracles:
 
@@ -50,8 +50,8 @@ CONV = settings(max_examples=50, suppress_health_check=[HealthCheck.function_sco
 @PURE
 @given(a=nat, b=nat)
 def test_spec1_nat_helpers_are_lean_nat_sub_and_div(a: int, b: int) -> None:
-    assert nat_sub(a, b) == ref_sub(a, b), f"SPEC §1 Nat subtraction truncates at 0: {a} - {b}"
-    assert nat_div(a, b) == ref_div(a, b), f"SPEC §1 Nat division, x / 0 = 0: {a} / {b}"
+    assert nat_sub(a, b) == ref_sub(a, b), f"Lean Vit.lean formulas Nat subtraction truncates at 0: {a} - {b}"
+    assert nat_div(a, b) == ref_div(a, b), f"Lean Vit.lean formulas Nat division, x / 0 = 0: {a} / {b}"
 
 
 @PURE
@@ -59,8 +59,8 @@ def test_spec1_nat_helpers_are_lean_nat_sub_and_div(a: int, b: int) -> None:
 def test_spec1_ViTPatchOutH_equals_nat_reference(in_h: int, patch_h: int, stride: int, padding: int) -> None:
     got = patch_out_h(in_h, patch_h, stride, padding)
     want = ref_out(in_h, patch_h, stride, padding)
-    assert type(got) is int, f"SPEC §1 ViTPatchOutH returns a Nat (int), got {type(got).__name__}"
-    assert got == want, f"SPEC §1 ViTPatchOutH {in_h} {patch_h} {stride} {padding}: got {got}, Lean Nat gives {want}"
+    assert type(got) is int, f"Lean ViTPatchOutH returns a Nat (int), got {type(got).__name__}"
+    assert got == want, f"Lean ViTPatchOutH {in_h} {patch_h} {stride} {padding}: got {got}, Lean Nat gives {want}"
 
 
 @PURE
@@ -68,8 +68,8 @@ def test_spec1_ViTPatchOutH_equals_nat_reference(in_h: int, patch_h: int, stride
 def test_spec1_ViTPatchOutW_equals_nat_reference(in_w: int, patch_w: int, stride: int, padding: int) -> None:
     got = patch_out_w(in_w, patch_w, stride, padding)
     want = ref_out(in_w, patch_w, stride, padding)
-    assert type(got) is int, f"SPEC §1 ViTPatchOutW returns a Nat (int), got {type(got).__name__}"
-    assert got == want, f"SPEC §1 ViTPatchOutW {in_w} {patch_w} {stride} {padding}: got {got}, Lean Nat gives {want}"
+    assert type(got) is int, f"Lean ViTPatchOutW returns a Nat (int), got {type(got).__name__}"
+    assert got == want, f"Lean ViTPatchOutW {in_w} {patch_w} {stride} {padding}: got {got}, Lean Nat gives {want}"
 
 
 @PURE
@@ -79,18 +79,18 @@ def test_spec1_ViTPatchCount_equals_nat_reference(
 ) -> None:
     got = patch_count(in_h, in_w, patch_h, patch_w, stride, padding)
     want = ref_out(in_h, patch_h, stride, padding) * ref_out(in_w, patch_w, stride, padding)
-    assert type(got) is int, "SPEC §1 ViTPatchCount returns a Nat (int)"
-    assert got == want, f"SPEC §1 ViTPatchCount = outH*outW: got {got}, Lean Nat gives {want}"
+    assert type(got) is int, "Lean ViTPatchCount returns a Nat (int)"
+    assert got == want, f"Lean ViTPatchCount = outH*outW: got {got}, Lean Nat gives {want}"
     # `/ stride + 1` is at least 1, so the mean-pool premise h_tok (ViTPatchCount > 0)
     # holds for every input: the degenerate cases must be refused elsewhere (ViTConfig.check).
-    assert got >= 1, "SPEC §1/§2 ViTPatchCount >= 1 for every Nat input (h_tok always holds)"
+    assert got >= 1, "Lean ViTPatchCount >= 1 for every Nat input (h_tok always holds)"
 
 
 @PURE
 @given(size=nat, patch=nat, stride=nat, padding=nat)
 def test_spec1_ViTPatchOutW_is_ViTPatchOutH_on_the_other_axis(size: int, patch: int, stride: int, padding: int) -> None:
     assert patch_out_w(size, patch, stride, padding) == patch_out_h(size, patch, stride, padding), (
-        "SPEC §1 ViTPatchOutW and ViTPatchOutH are the same formula"
+        "Lean ViTPatchOutW and ViTPatchOutH are the same formula"
     )
 
 
@@ -111,15 +111,15 @@ def test_spec1_ViTPatchOutW_is_ViTPatchOutH_on_the_other_axis(size: int, patch: 
     ],
 )
 def test_spec1_ViTPatchOut_known_lean_values(args: tuple[int, int, int, int], want: int, why: str) -> None:
-    assert patch_out_h(*args) == want, f"SPEC §1 ViTPatchOutH {' '.join(map(str, args))} = {want} ({why})"
-    assert patch_out_w(*args) == want, f"SPEC §1 ViTPatchOutW {' '.join(map(str, args))} = {want} ({why})"
+    assert patch_out_h(*args) == want, f"Lean ViTPatchOutH {' '.join(map(str, args))} = {want} ({why})"
+    assert patch_out_w(*args) == want, f"Lean ViTPatchOutW {' '.join(map(str, args))} = {want} ({why})"
 
 
 def test_spec1_ViTPatchCount_known_lean_values() -> None:
-    assert patch_count(224, 224, 16, 16, 16, 0) == 196, "SPEC §1 ViTPatchCount ViT-B/16 at 224 = 14*14"
-    assert patch_count(224, 96, 16, 16, 16, 0) == 14 * 6, "SPEC §1 ViTPatchCount = outH*outW (non-square)"
-    assert patch_count(224, 224, 16, 32, 16, 0) == 14 * 13, "SPEC §1 ViTPatchCount with patchH != patchW"
-    assert patch_count(2, 2, 5, 5, 0, 0) == 1, "SPEC §1 ViTPatchCount of the degenerate case is 1*1"
+    assert patch_count(224, 224, 16, 16, 16, 0) == 196, "Lean ViTPatchCount ViT-B/16 at 224 = 14*14"
+    assert patch_count(224, 96, 16, 16, 16, 0) == 14 * 6, "Lean ViTPatchCount = outH*outW (non-square)"
+    assert patch_count(224, 224, 16, 32, 16, 0) == 14 * 13, "Lean ViTPatchCount with patchH != patchW"
+    assert patch_count(2, 2, 5, 5, 0, 0) == 1, "Lean ViTPatchCount of the degenerate case is 1*1"
 
 
 # -- agreement with torch's conv2d where it is defined -----------------------------
@@ -143,12 +143,12 @@ def test_spec1_formulas_equal_conv2d_output_shape(geometry: tuple[int, ...], dev
     out = F.conv2d(x, k, stride=stride, padding=padding)
     oh, ow = patch_out_h(in_h, patch_h, stride, padding), patch_out_w(in_w, patch_w, stride, padding)
     assert tuple(out.shape[-2:]) == (oh, ow), (
-        f"SPEC §1 ViTPatchOutH/W must be conv2d's output size: conv2d gives {tuple(out.shape[-2:])}, "
+        f"Lean ViTPatchOutH/W must be conv2d's output size: conv2d gives {tuple(out.shape[-2:])}, "
         f"formulas give ({oh}, {ow}) for in=({in_h},{in_w}) patch=({patch_h},{patch_w}) "
         f"stride={stride} padding={padding}"
     )
     assert out[0, 0].numel() == patch_count(in_h, in_w, patch_h, patch_w, stride, padding), (
-        "SPEC §1 ViTPatchCount must be the number of conv2d output positions"
+        "Lean ViTPatchCount must be the number of conv2d output positions"
     )
 
 
@@ -160,11 +160,11 @@ def test_spec1_formulas_equal_conv2d_output_shape(geometry: tuple[int, ...], dev
 def test_spec1_degenerate_cases_are_1_where_conv2d_is_undefined(
     in_size: int, patch: int, stride: int, padding: int
 ) -> None:
-    """SPEC §1: the bare Nat formulas are total and give 1 where no convolution exists."""
+    """Lean Vit.lean formulas: the bare Nat formulas are total and give 1 where no convolution exists."""
     with pytest.raises(RuntimeError):
         F.conv2d(torch.zeros(1, 1, in_size, in_size), torch.zeros(1, 1, patch, patch), stride=stride, padding=padding)
-    assert patch_out_h(in_size, patch, stride, padding) == 1, "SPEC §1 ViTPatchOutH is 1 in the degenerate case"
-    assert patch_out_w(in_size, patch, stride, padding) == 1, "SPEC §1 ViTPatchOutW is 1 in the degenerate case"
+    assert patch_out_h(in_size, patch, stride, padding) == 1, "Lean ViTPatchOutH is 1 in the degenerate case"
+    assert patch_out_w(in_size, patch, stride, padding) == 1, "Lean ViTPatchOutW is 1 in the degenerate case"
 
 
 # -- inputs must be natural numbers ----------------------------------------------
@@ -181,8 +181,12 @@ def test_spec1_non_nat_argument_is_a_config_error_naming_it(fn: Any, position: i
     name = ARG_NAMES[position] if fn is patch_out_h else ARG_NAMES[position].replace("_h", "_w")
     with pytest.raises(ConfigError) as info:
         fn(*args)
-    assert name in str(info.value), f"SPEC §1 a non-Nat {name}={bad!r} must be named in the error: {info.value}"
-    assert repr(bad) in str(info.value), f"SPEC §1 the error shows the offending value {bad!r}: {info.value}"
+    assert name in str(info.value), (
+        f"Lean Vit.lean formulas a non-Nat {name}={bad!r} must be named in the error: {info.value}"
+    )
+    assert repr(bad) in str(info.value), (
+        f"Lean Vit.lean formulas the error shows the offending value {bad!r}: {info.value}"
+    )
 
 
 @pytest.mark.parametrize("position", range(6), ids=["in_h", "in_w", "patch_h", "patch_w", "stride", "padding"])

@@ -16,6 +16,7 @@ import vitspec
 from vitspec import PROFILES, LoadError, ViTConfig
 from vitspec import io as vio
 from vitspec.models import ViTClsSpec, ViTSpec
+from vitspec.models import load as load_model
 
 TINY = ViTConfig(2, 2, 2, 0, 8, 12, 2, 2, 3)
 CHW = (2, 4, 6)
@@ -34,7 +35,7 @@ def same(a: ViTSpec | ViTClsSpec, b: ViTSpec | ViTClsSpec) -> None:
     [
         (ViTSpec, PROFILES["torchlean"], torch.float32),
         (ViTClsSpec, PROFILES["timm"], torch.float64),
-        (ViTClsSpec, PROFILES["lucidrains"].replace(pooling="mean_all", ln_eps=3e-5), torch.float32),
+        (ViTClsSpec, PROFILES["vit_pytorch"].replace(pooling="mean_all", ln_eps=3e-5), torch.float32),
         (ViTSpec, PROFILES["d2l"].replace(pooling="mean"), torch.bfloat16),
     ],
     ids=["mean-torchlean-f32", "cls-timm-f64", "cls-custom-f32", "mean-d2l-bf16"],
@@ -44,7 +45,7 @@ def test_round_trip(tmp_path: Path, cls: type[ViTSpec], profile: vitspec.Profile
     path = tmp_path / "m.safetensors"
     m.save(path)
     same(cls.load(path), m)
-    same(vio.load(path), m)  # type: ignore[arg-type]
+    same(load_model(path), m)  # type: ignore[arg-type]
     md = vio.read_metadata(path)
     assert md["format"] == "vitspec" and md["format_version"] == "1" and md["variant"] == m.variant
     assert json.loads(md["config"]) == dataclasses.asdict(TINY)
@@ -68,8 +69,8 @@ def test_variant_mismatch(tmp_path: Path) -> None:
         ViTSpec.load(tmp_path / "cls.safetensors")
     with pytest.raises(LoadError, match="holds a ViTSpec"):
         ViTClsSpec.load(tmp_path / "mean.safetensors")
-    assert isinstance(vio.load(tmp_path / "cls.safetensors"), ViTClsSpec)
-    assert type(vio.load(tmp_path / "mean.safetensors")) is ViTSpec
+    assert isinstance(load_model(tmp_path / "cls.safetensors"), ViTClsSpec)
+    assert type(load_model(tmp_path / "mean.safetensors")) is ViTSpec
 
 
 def test_missing_file() -> None:

@@ -61,7 +61,7 @@ def test_state_dict_keys_follow_the_contract() -> None:
     shapes = m.param_shapes()
     assert shapes["patch_kernel"] == (8, 2, 2, 2) and shapes["pos"] == (7, 8) and shapes["head_W"] == (3, 8)
     assert shapes["encoder.0.mha.Wq"] == (8, 8) and shapes["encoder.0.ffn.W1"] == (8, 12)
-    lucid = ViTClsSpec.init(TINY.replace(num_layers=0), *CHW, profile="lucidrains")
+    lucid = ViTClsSpec.init(TINY.replace(num_layers=0), *CHW, profile="vit_pytorch")
     assert list(lucid.state_dict())[:6] == [
         "patch_kernel", "patch_bias", "patch_norm_in_gamma", "patch_norm_in_beta",
         "patch_norm_out_gamma", "patch_norm_out_beta",
@@ -177,7 +177,7 @@ def test_to_returns_a_converted_copy() -> None:
 def test_linear_ln_needs_non_overlapping_patches() -> None:
     for cfg in (TINY.replace(stride=1), TINY.replace(patch_w=3), TINY.replace(padding=1)):
         with pytest.raises(ConfigError, match="linear_ln") as ei:
-            ViTClsSpec.init(cfg, 2, 6, 6, profile="lucidrains")
+            ViTClsSpec.init(cfg, 2, 6, 6, profile="vit_pytorch")
         assert "stride" in ei.value.fields
 
 
@@ -242,7 +242,7 @@ def _torch_encoder_layer(m: ViTSpec | ViTClsSpec, i: int) -> nn.TransformerEncod
 
 @pytest.mark.parametrize(("variant", "profile"), [("mean", "torchlean"), ("cls", "torchlean"), ("cls", "timm")])
 def test_forward_matches_an_independent_torch_nn_model(variant: str, profile: str) -> None:
-    """SPEC §3 with torch.nn building blocks: Conv2d, flatten/transpose, TransformerEncoderLayer, pool, Linear."""
+    """Lean ViTSpec.forward via torch.nn blocks: Conv2d, flatten/transpose, TransformerEncoderLayer, pool, Linear."""
     m = VARIANTS[variant].init(TINY, *CHW, dtype=F64, profile=profile, seed=5)
     p = m.state_dict()
     x = rand(2, *CHW, seed=6)
@@ -323,7 +323,7 @@ def test_head_norm_is_part_of_the_head() -> None:
 
 def test_linear_ln_patch_embedding() -> None:
     """vit-pytorch: (c, p1, p2)-flattened patches -> LN -> Linear -> LN (the kernel in conv layout)."""
-    m = ViTClsSpec.init(TINY, *CHW, dtype=F64, profile="lucidrains")
+    m = ViTClsSpec.init(TINY, *CHW, dtype=F64, profile="vit_pytorch")
     p = m.state_dict()
     x = rand(*CHW)
     cap: dict[str, Tensor] = {}

@@ -147,6 +147,84 @@ def _swap_tokens(_m: nn.Module, _a: Any, out: Tensor) -> Tensor:
     return out[:, idx]
 
 
+def _timm_attention(kind: str) -> Callable[..., Tensor]:
+    """timm ``Attention.forward`` with one deliberate bug: ``heads_transposed`` splits the fused
+    projection as (head_dim, heads) instead of (heads, head_dim); ``qk_swapped`` swaps q and k."""
+
+    def forward(self: Any, x: Tensor, *_: Any, **__: Any) -> Tensor:
+        b, n, c = x.shape
+        h, d = self.num_heads, self.head_dim
+        qkv = self.qkv(x)
+        if kind == "heads_transposed":
+            qkv = qkv.reshape(b, n, 3, d, h).permute(2, 0, 4, 1, 3)
+        else:
+            qkv = qkv.reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if kind == "qk_swapped":
+            q, k = k, q
+        o = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(o.transpose(1, 2).reshape(b, n, c))
+
+    return forward
+
+
+def _patch(module: nn.Module, attr: str, fn: Callable[..., Any]) -> None:
+    """Bind ``fn`` as an *instance* attribute (the class is untouched, as a user's monkey-patch would be)."""
+    setattr(module, attr, types.MethodType(fn, module))
+
+
+def _plus_one(self: nn.Module, x: Tensor) -> Tensor:
+    """vit-pytorch ``ViT.forward`` plus 1.0 on every logit."""
+    return type(self).forward(self, x) + 1.0
+
+
+def _pos_embed_without_pos(self: Any, x: Tensor) -> Tensor:
+    """timm ``_pos_embed`` that prepends the class token but never adds ``pos_embed`` (and skips pos_drop)."""
+    return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+
+
+class _GeluWrongBackward(torch.autograd.Function):
+    """Forward exactly ``F.gelu``; backward 1 % too large."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return F.gelu(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            (d,) = torch.autograd.grad(F.gelu(xx), xx, g)
+        return d * 1.01
+
+
+class CustomGELU(nn.Module):
+    """An activation of a class no adapter knows: probed, it is GELU (erf); its backward is not."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _GeluWrongBackward.apply(x)
+
+
+class AlwaysDropout(nn.Dropout):
+    """A dropout that ignores ``eval()``: left active whatever the mode."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(x, self.p, training=True)
+
+
+def _wrong_weight_grad(module: nn.Linear) -> None:
+    """The same forward value, but the gradient reaching ``module.weight`` is 1 % too large."""
+    module.register_forward_hook(lambda mod, args, _out: F.linear(args[0], _ScaleGrad.apply(mod.weight), mod.bias))
+
+
+#: The float64 forward bound of the tiny timm model (docs/tolerance.md): C_FWD * u * sqrt(K) * (L + 1),
+#: K = max(embed 32, hidden 64, patch_dim 3*8*8 = 192, tokens 17) = 192, L = 2. Written out, not
+#: taken from conformance.tolerance, so the 10x mutant does not depend on the code under test.
+TINY_TIMM_TOL = 256 * 2.0**-53 * math.sqrt(192) * 3
+
+
 @dataclass(frozen=True)
 class Mutant:
     name: str
@@ -154,6 +232,7 @@ class Mutant:
     stage: str | None  # expected first_divergence (None: forward conforms)
     subop: str | None  # expected first_divergence_subop
     grad_group: str | None = None  # expected first_grad_divergence when forward conforms
+    separation: float = SEPARATION  # the caught error must exceed the tolerance by this factor
 
 
 def _m(factory: Callable[[], nn.Module], mutate: Callable[[Any], Any]) -> Callable[[], nn.Module]:
@@ -268,6 +347,82 @@ MUTANTS = [
         "blocks.0",
         "blocks.0.attn",
     ),
+    # issue 9: what a user's touch does to a model the class says nothing about
+    Mutant(
+        "timm_hook_after_the_model",
+        _m(tiny_timm, lambda m: m.register_forward_hook(lambda _m, _a, out: out + 3.0)),
+        "output",
+        None,
+    ),
+    Mutant(
+        "torchvision_hook_after_the_model",
+        _m(tiny_torchvision, lambda m: m.register_forward_hook(lambda _m, _a, out: out + 3.0)),
+        "output",
+        None,
+    ),
+    Mutant(
+        "vit_pytorch_instance_forward_plus_1",
+        _m(tiny_vit_pytorch, lambda m: _patch(m, "forward", _plus_one)),
+        "output",
+        None,
+    ),
+    Mutant(
+        "timm_depth3_block0_norm1_eps",
+        _m(lambda: tiny_timm(depth=3), lambda m: _set(m.blocks[0].norm1, "eps", 1e-5)),
+        "blocks.0",
+        "blocks.0.norm1",
+    ),
+    Mutant(
+        "timm_gelu_tanh_block0_only",
+        _m(tiny_timm, lambda m: _set(m.blocks[0].mlp, "act", nn.GELU("tanh"))),
+        "blocks.0",
+        "blocks.0.mlp",
+    ),
+    Mutant(
+        "timm_pos_embed_hook_point_skipped",
+        _m(tiny_timm, lambda m: _patch(m, "_pos_embed", _pos_embed_without_pos)),
+        "pos_embed",
+        None,
+    ),
+    Mutant(
+        "timm_custom_gelu_wrong_backward",
+        _m(tiny_timm, lambda m: _set(m.blocks[0].mlp, "act", CustomGELU())),
+        None,
+        None,
+        grad_group="blocks.0",
+    ),
+    Mutant(
+        "timm_heads_split_transposed_block0",
+        _m(tiny_timm, lambda m: _patch(m.blocks[0].attn, "forward", _timm_attention("heads_transposed"))),
+        "blocks.0",
+        "blocks.0.attn",
+    ),
+    Mutant(
+        "timm_qk_swapped_block1",
+        _m(tiny_timm, lambda m: _patch(m.blocks[1].attn, "forward", _timm_attention("qk_swapped"))),
+        "blocks.1",
+        "blocks.1.attn",
+    ),
+    Mutant(
+        "timm_dropout_left_active_block1",
+        _m(tiny_timm, lambda m: _set(m.blocks[1].mlp, "drop1", AlwaysDropout(0.1))),
+        "blocks.1",
+        "blocks.1.mlp",
+    ),
+    Mutant(
+        "timm_proj_weight_grad_wrong_block1",
+        _m(tiny_timm, lambda m: _wrong_weight_grad(m.blocks[1].attn.proj)),
+        None,
+        None,
+        grad_group="blocks.1",
+    ),
+    Mutant(
+        "timm_head_x(1+10tol)",
+        _m(tiny_timm, lambda m: scale_output(m.head, 1 + 10 * TINY_TIMM_TOL)),
+        "head",
+        None,
+        separation=5.0,
+    ),
 ]
 
 
@@ -306,10 +461,17 @@ def test_mutant_is_caught_at_the_right_stage(mutant: Mutant) -> None:
     assert r.forward_ok is False
     first = r.stage(mutant.stage)
     assert first.rel_err is not None and first.tol is not None
-    assert first.rel_err > SEPARATION * first.tol, f"{mutant.name}: {first.rel_err:.1e} vs tol {first.tol:.1e}"
+    # Localised by isolation: the stage is wrong on its own (captured) inputs, far above the bound.
+    assert first.isolated_ok is False and first.isolated_err is not None and first.isolated_tol is not None
+    assert first.isolated_err > mutant.separation * first.isolated_tol, f"{mutant.name}: {first.isolated_err:.1e}"
+    assert first.rel_err > mutant.separation * first.tol, f"{mutant.name}: {first.rel_err:.1e} vs tol {first.tol:.1e}"
+    assert "forward conforms" not in r.headline() and mutant.stage in r.reason
     if mutant.subop:
         sub = r.stage(mutant.subop)
-        assert sub.rel_err is not None and sub.rel_err > SEPARATION * sub.tol
+        assert sub.isolated_err is not None and sub.isolated_err > mutant.separation * sub.isolated_tol
+        # every sub-op before it is right on its own inputs
+        subs = [x.name for x in r.subops]
+        assert all(x.isolated_ok for x in r.subops[: subs.index(mutant.subop)])
     # Every stage before the divergence conforms.
     names = [s.name for s in r.stages]
     assert all(s.ok for s in r.stages[: names.index(mutant.stage)])
@@ -369,3 +531,200 @@ def test_mutants_are_caught_in_float32_too() -> None:
     orig = check(tiny_timm(), dtype="float32")
     assert orig.status is Status.PASS, orig.to_markdown()
     assert all(s.spec_lowp_err is not None for s in orig.stages)
+
+
+def _mutant(name: str) -> Mutant:
+    return next(m for m in MUTANTS if m.name == name)
+
+
+def test_wrong_gradient_of_one_parameter_is_named() -> None:
+    r = check(_mutant("timm_proj_weight_grad_wrong_block1").build())
+    assert r.forward_ok is True and "forward conforms" in r.headline()
+    assert [g.library_name for g in r.grads if g.ok is False] == ["blocks.1.attn.proj.weight"]
+    assert "blocks.1.attn.proj.weight" in r.reason
+
+
+def test_custom_activation_is_probed_and_its_backward_caught() -> None:
+    r = check(_mutant("timm_custom_gelu_wrong_backward").build())
+    assert any("blocks.0.mlp.act is CustomGELU: probed as gelu_erf (forward err 0.0e+00, vjp err 1.0e-02)" in n
+               for n in r.notes), r.notes  # fmt: skip
+    # Upstream of the activation everything is off by the same 1 %; downstream of it nothing is.
+    groups = {g: all(x.ok for x in rows) for g, rows in r.grad_groups().items()}
+    assert groups["blocks.1"] and groups["head"] and not groups["blocks.0"] and not groups["input"]
+
+
+def test_skipped_hook_point_is_observed_through_a_neighbour() -> None:
+    r = check(_mutant("timm_pos_embed_hook_point_skipped").build(), grads=False)
+    assert r.stage("pos_embed").source == "blocks.0 (input)"
+    assert not r.not_captured
+
+
+def test_output_stage_catches_what_no_module_sees() -> None:
+    """A hook on the model itself changes the logits after every module ran: every internal stage
+    conforms, the returned value does not, and the gradient check starts from that value."""
+    r = check(_mutant("timm_hook_after_the_model").build())
+    assert all(s.ok for s in r.stages if s.name != "output")
+    out = r.stage("output")
+    assert out.source == "the value model(x) returned" and out.isolated_ok is False
+    assert r.status is Status.MISMATCH and r.exit_code == 1
+
+
+def test_noise_tolerance_gap_is_probed_at_10x() -> None:
+    """A change of 10x the tolerance is caught at its stage, while the original's noise at that
+    stage sits well below the tolerance: the bound separates the two at a factor of 10, not only 1e3."""
+    orig = check(tiny_timm(), grads=False)
+    mut = check(_mutant("timm_head_x(1+10tol)").build(), grads=False)
+    h0, h1 = orig.stage("head"), mut.stage("head")
+    assert h0.tol == pytest.approx(TINY_TIMM_TOL, rel=1e-12)
+    assert h0.isolated_err is not None and h0.isolated_err < h0.isolated_tol / 10
+    assert h1.isolated_err is not None and 5 < h1.isolated_err / h1.isolated_tol < 20
+    assert (mut.status, mut.first_divergence) == (Status.MISMATCH, "head")
+
+
+# -- issue 9's table: every row, through check() and through the command line ----------------------
+ISSUE_ROWS = """
+import types
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _timm(**kw):
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2, num_classes=5)
+    return VisionTransformer(**{**args, **kw})
+
+
+def timm_hook():
+    m = _timm()
+    m.register_forward_hook(lambda mod, a, out: out + 3.0)
+    return m
+
+
+def torchvision_hook():
+    from torchvision.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    m = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64,
+                          num_classes=5)
+    m.register_forward_hook(lambda mod, a, out: out + 3.0)
+    return m
+
+
+def _forward_plus_one(self, x):
+    return type(self).forward(self, x) + 1.0
+
+
+def vit_pytorch_plus_one():
+    from vit_pytorch import ViT
+    torch.manual_seed(0)
+    m = ViT(image_size=32, patch_size=8, num_classes=5, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8)
+    m.forward = types.MethodType(_forward_plus_one, m)
+    return m
+
+
+def timm_block0_eps():
+    m = _timm(depth=3)
+    m.blocks[0].norm1.eps = 1e-5
+    return m
+
+
+def timm_block0_tanh():
+    m = _timm()
+    m.blocks[0].mlp.act = nn.GELU(approximate="tanh")
+    return m
+
+
+def _no_pos(self, x):
+    return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+
+
+def timm_pos_skipped():
+    m = _timm()
+    m._pos_embed = types.MethodType(_no_pos, m)
+    return m
+
+
+class _Gelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return F.gelu(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            (d,) = torch.autograd.grad(F.gelu(xx), xx, g)
+        return d * 1.01
+
+
+class CustomGELU(nn.Module):
+    def forward(self, x):
+        return _Gelu.apply(x)
+
+
+def timm_custom_gelu():
+    m = _timm()
+    m.blocks[0].mlp.act = CustomGELU()
+    return m
+
+
+def hf_eager():
+    import transformers as tf
+    torch.manual_seed(0)
+    cfg = tf.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, num_labels=5, attn_implementation="eager")
+    return tf.ViTForImageClassification(cfg)
+
+
+def timm_reg_ls_quickgelu():
+    return _timm(reg_tokens=2, init_values=1e-5, act_layer="quick_gelu")
+"""
+
+#: factory -> (status, first_divergence, first_divergence_subop, first_grad_divergence, words in the reason/notes)
+ISSUE_EXPECTED: dict[str, tuple[Status, str | None, str | None, str | None, tuple[str, ...]]] = {
+    "timm_hook": (Status.MISMATCH, "output", None, None, ()),
+    "torchvision_hook": (Status.MISMATCH, "output", None, None, ()),
+    "vit_pytorch_plus_one": (Status.MISMATCH, "output", None, None, ()),
+    "timm_block0_eps": (Status.MISMATCH, "blocks.0", "blocks.0.norm1", None, ("blocks.0.norm1",)),
+    "timm_block0_tanh": (Status.MISMATCH, "blocks.0", "blocks.0.mlp", None, ("blocks.0.mlp",)),
+    "timm_pos_skipped": (Status.MISMATCH, "pos_embed", None, None, ("pos_embed",)),
+    "timm_custom_gelu": (Status.MISMATCH, None, None, "blocks.0", ("forward conforms",)),
+    "hf_eager": (Status.PASS, None, None, None, ("softmax", "float32", "blocks.{0..1}.attn")),
+    "timm_reg_ls_quickgelu": (Status.UNSUPPORTED, None, None, None, ("register tokens", "layer scale", "QuickGELU")),
+}
+EXIT = {Status.PASS: 0, Status.MISMATCH: 1, Status.UNSUPPORTED: 3}
+
+
+@pytest.fixture(scope="module")
+def issue_rows(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    pytest.importorskip("transformers")
+    pytest.importorskip("vit_pytorch")
+    path = tmp_path_factory.mktemp("issue9") / "issue9_rows.py"
+    path.write_text(ISSUE_ROWS)
+    ns: dict[str, Any] = {}
+    exec(compile(ISSUE_ROWS, str(path), "exec"), ns)
+    return path, ns
+
+
+@pytest.mark.parametrize("factory", list(ISSUE_EXPECTED))
+def test_issue_table_row(factory: str, issue_rows: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from conformance.cli import main
+
+    path, ns = issue_rows
+    status, stage, subop, grad, words = ISSUE_EXPECTED[factory]
+    r = check(ns[factory]())
+    assert (r.status, r.first_divergence, r.first_divergence_subop) == (status, stage, subop), r.to_markdown()
+    if grad is not None:
+        assert r.forward_ok is True and r.first_grad_divergence == grad
+    if status is Status.MISMATCH:
+        assert r.reason  # never an empty reason
+        if stage is not None:
+            assert r.forward_ok is False and "forward conforms" not in r.headline()
+    text = r.reason + " " + " ".join(r.notes)
+    assert all(w in text for w in words), text
+    code = main([f"{path}:{factory}", "--quiet"])
+    capsys.readouterr()
+    assert code == EXIT[status]

@@ -24,9 +24,30 @@ def _report(status: Status = Status.MISMATCH) -> Report:
     stages = [
         StageResult("patch_embed", 0.0, 0.0, 1e-12, True, shape=[2, 16, 32]),
         StageResult("pos_embed", None, None, None, None, captured=False, note="not captured"),
-        StageResult("blocks.0", 1e-16, 2e-16, 1e-12, True),
-        StageResult("blocks.1", 3e-3, 2.1e-3, 1e-12, False),
+        StageResult("blocks.0", 1e-16, 2e-16, 1e-12, True, isolated_err=1e-16, isolated_tol=1e-12, isolated_ok=True),
+        StageResult(
+            "blocks.1",
+            3e-3,
+            2.1e-3,
+            1e-12,
+            False,
+            isolated_err=2e-3,
+            isolated_tol=1e-12,
+            isolated_ok=False,
+            source="blocks.2 (input)",
+        ),
         StageResult("head", math.inf, math.inf, 1e-12, False, note="model produced non-finite values"),
+        StageResult(
+            "output",
+            1e-9,
+            1e-9,
+            5e-4,
+            False,
+            isolated_err=0.0,
+            isolated_tol=5e-4,
+            isolated_ok=True,
+            precision="float32",
+        ),
     ]
     subops = [
         StageResult("blocks.1.norm1", 0.0, 0.0, 1e-12, True),
@@ -65,9 +86,11 @@ def test_json_round_trip_is_exact_and_stable() -> None:
     # nan != nan, so compare the serialized forms (which encode nan/inf as strings) ...
     assert back.to_json() == text
     # ... and the fields that carry no nan directly.
-    assert back.stages[:4] == r.stages[:4] and back.subops == r.subops
+    assert back.stages[:4] == r.stages[:4] and back.stages[5] == r.stages[5] and back.subops == r.subops
     assert back.status is Status.MISMATCH and back.first_divergence_subop == "blocks.1.attn"
     assert math.isinf(back.stages[4].rel_err) and math.isnan(back.grads[2].rel_err)
+    assert back.stages[3].isolated_ok is False and back.stages[3].source == "blocks.2 (input)"
+    assert back.stages[5].precision == "float32" and back.stages[5].isolated_err == 0.0
     # Valid strict JSON (no NaN/Infinity literals), stable across calls.
     data = json.loads(text)
     assert data["schema"] == SCHEMA_VERSION and data["ok"] is False and data["status"] == "MISMATCH"
@@ -83,7 +106,7 @@ def test_from_json_refuses_other_schema() -> None:
 
 @pytest.mark.parametrize(
     ("status", "code"),
-    [(Status.PASS, 0), (Status.MISMATCH, 1), (Status.NONFINITE, 1), (Status.CRASH, 1), (Status.UNSUPPORTED, 2)],
+    [(Status.PASS, 0), (Status.MISMATCH, 1), (Status.NONFINITE, 1), (Status.CRASH, 1), (Status.UNSUPPORTED, 3)],
 )
 def test_ok_and_exit_code(status: Status, code: int) -> None:
     r = Report(status)
@@ -106,8 +129,11 @@ def test_markdown_has_headline_deviations_tables_and_notes() -> None:
     assert md.startswith("# Conformance report: MISMATCH")
     assert "first divergence at blocks.1 (sub-op blocks.1.attn)" in md
     assert "- norm placement: pre (spec: post)" in md
-    assert "| blocks.1 | 3.0e-03 | 2.1e-03 | 1.0e-12 | **FAIL** |" in md
-    assert "| pos_embed | - | - | - | not captured |" in md
+    assert "| stage | max abs err | propagated err | tol | isolated err | isolated tol | result |" in md
+    assert "| blocks.1 | 3.0e-03 | 2.1e-03 | 1.0e-12 | 2.0e-03 | 1.0e-12 | **FAIL** (from blocks.2 (input)) |" in md
+    assert "| pos_embed | - | - | - | - | - | not captured |" in md
+    # Right on its own input, wrong downstream of a divergence: the propagated error alone fails.
+    assert "| output | 1.0e-09 | 1.0e-09 | 5.0e-04 | 0.0e+00 | 5.0e-04 | **FAIL** (propagated only) (float32" in md
     assert "### Drill-down of blocks.1" in md
     assert "| blocks.1 | blocks.1.attn.qkv.weight | encoder.1.mha.Wq, encoder.1.mha.Wk |" in md
     assert "## Notes" in md and "## Environment" in md

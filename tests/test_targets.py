@@ -126,8 +126,10 @@ def test_module_factory_from_path_and_dotted_name(tmp_path: Path, monkeypatch: p
         build_target(f"{f}:mak")
     with pytest.raises(TargetError, match="not callable"):
         build_target(f"{f}:VALUE")
-    with pytest.raises(RuntimeError, match="factory failed"):  # the user's own error surfaces unchanged
+    # The user's own error is named in one line (exit 2 in the CLI) and kept as the cause.
+    with pytest.raises(TargetError, match="failed: RuntimeError: factory failed") as info:
         build_target(f"{f}:boom")
+    assert isinstance(info.value.__cause__, RuntimeError)
 
 
 def test_factory_module_import_errors(tmp_path: Path) -> None:

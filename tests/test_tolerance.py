@@ -180,3 +180,26 @@ def test_ln_eps_effect_survives_large_variance() -> None:
     assert err > 10 * base.fwd_tol64
     # Detectable while var < Δε / (2·tol) ≈ 2e5 for ViT-B (docs/tolerance.md).
     assert 9e-6 / (2 * base.fwd_tol64) == pytest.approx(2.2e5, rel=0.05)
+
+
+def test_gradient_groups_share_one_scale() -> None:
+    """An analytically zero gradient is judged against its group's largest entry, not against itself."""
+    ref = {
+        "encoder.0.mha.bk": torch.zeros(4, dtype=torch.float64),
+        "encoder.0.mha.Wq": torch.tensor([[2.0, -8.0]], dtype=torch.float64),
+        "head_W": torch.tensor([0.5], dtype=torch.float64),
+    }
+    group = {"encoder.0.mha.bk": "blocks.0", "encoder.0.mha.Wq": "blocks.0", "head_W": "head"}
+    scale = tol.group_scales(ref, group.__getitem__)
+    assert scale == {"blocks.0": 8.0, "head": 0.5}
+    noise = torch.full((4,), 1e-15, dtype=torch.float64)
+    e = tol.grad_errors([noise], [ref["encoder.0.mha.bk"]], scale["blocks.0"])
+    assert e.max_abs == 1e-15 and e.rel == pytest.approx(1e-15 / 8)
+    # Several spec keys fed by one library tensor (a fused qkv): the worst of them counts.
+    two = tol.grad_errors([torch.ones(2), torch.zeros(2)], [torch.ones(2), torch.full((2,), 3.0)], 6.0)
+    assert two.max_abs == 3.0 and two.rel == 0.5
+
+
+def test_coarser_orders_dtypes_by_roundoff() -> None:
+    assert tol.coarser("float32", "float64") and tol.coarser("bfloat16", "float16")
+    assert not tol.coarser("float64", "float32") and not tol.coarser("float32", "float32")

@@ -10,17 +10,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import PRESETS, ViTConfig, param_count, preset
-from .dims import Dims, bind_dims, checked, shape_checks, shape_checks_enabled
 from .errors import ConfigError, LoadError, MappingError, ShapeError, VitSpecError
 from .formulas import patch_count, patch_out_h, patch_out_w
 from .profiles import PROFILES, Profile, get_profile
 
+if TYPE_CHECKING:
+    from .dims import Dims, bind_dims, checked, shape_checks, shape_checks_enabled
+
 __version__ = "0.1.0"
 
+# Everything that imports torch is lazy, so `import vitspec` (and `vitspec --help`) stays instant.
 _LAZY = {
+    "Dims": "vitspec.dims",
+    "bind_dims": "vitspec.dims",
+    "checked": "vitspec.dims",
+    "shape_checks": "vitspec.dims",
+    "shape_checks_enabled": "vitspec.dims",
     "ViTSpec": "vitspec.models",
     "ViTClsSpec": "vitspec.models",
     "ViTGrads": "vitspec.models",

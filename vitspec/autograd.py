@@ -1,7 +1,7 @@
 """Training the spec with ``torch.optim``: the explicit backward plugged into autograd.
 
 - :class:`SpecViTFunction` is a ``torch.autograd.Function`` whose ``forward`` is the spec
-  forward (keeping the tape the explicit backward needs) and whose ``backward`` *is*
+  forward (keeping the cache the explicit backward needs) and whose ``backward`` *is*
   :meth:`vitspec.models.ViTSpec.backward`'s explicit chain: autograd only routes the
   returned gradients to the leaves.
 - :class:`SpecViT` is an ``nn.Module`` holding the spec parameters as ``nn.Parameter``s
@@ -26,7 +26,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .config import ViTConfig
 from .errors import ConfigError
-from .models.vit import MODES, Mode, ViTClsSpec, ViTSpec, _ViTBase
+from .models.vit import MODES, Mode, ViTBase, ViTClsSpec, ViTSpec
 from .profiles import Profile
 
 __all__ = ["SpecViT", "SpecViTFunction"]
@@ -42,7 +42,7 @@ class SpecViTFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, spec: _ViTBase, mode: Mode, x: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: FunctionCtx, spec: ViTBase, mode: Mode, x: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         keys = list(spec.param_shapes())
@@ -51,12 +51,12 @@ class SpecViTFunction(torch.autograd.Function):
                 f"SpecViTFunction: expected {len(keys)} parameter tensors (spec state-dict order), got {len(params)}"
             )
         # A model over exactly these tensors; autograd is off inside Function.forward.
-        model = spec._rebind(dict(zip(keys, params, strict=True)))
-        logits, tape = model._forward_tape(x, mode)
-        # save_for_backward gives the in-place-modification check for the inputs; the tape holds
+        model = spec.rebind(dict(zip(keys, params, strict=True)))
+        logits, cache = model.forward_with_cache(x, mode)
+        # save_for_backward gives the in-place-modification check for the inputs; the cache holds
         # intermediates (not inputs or outputs), which may live on ctx directly.
         ctx.save_for_backward(x, *params)
-        ctx.model, ctx.keys, ctx.tape = model, keys, tape  # type: ignore[attr-defined]
+        ctx.model, ctx.keys, ctx.cache = model, keys, cache  # type: ignore[attr-defined]
         return logits
 
     @staticmethod
@@ -64,7 +64,7 @@ class SpecViTFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         ctx.saved_tensors  # noqa: B018 - raises if an input was modified in place since the forward
         need_x = ctx.needs_input_grad[2]
-        grads, grad_x = ctx.model._backward_tape(ctx.tape, grad_output.contiguous(), need_grad_x=need_x)
+        grads, grad_x = ctx.model.backward_from_cache(ctx.cache, grad_output.contiguous(), need_grad_x=need_x)
         d = grads.to_dict()
         out = [d[k] if need else None for k, need in zip(ctx.keys, ctx.needs_input_grad[3:], strict=True)]
         return (None, None, grad_x if need_x else None, *out)
@@ -81,9 +81,9 @@ class SpecViT(nn.Module):
     ``patch_kernel``, ``encoder.0.mha.Wq``, …). ``mode`` picks the backward's memory strategy.
     """
 
-    def __init__(self, spec: _ViTBase, *, mode: Mode = "cache") -> None:
+    def __init__(self, spec: ViTBase, *, mode: Mode = "cache") -> None:
         super().__init__()
-        if not isinstance(spec, _ViTBase):
+        if not isinstance(spec, ViTBase):
             raise ConfigError(f"SpecViT needs a ViTSpec or ViTClsSpec, got {type(spec).__name__}")
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
@@ -95,7 +95,7 @@ class SpecViT(nn.Module):
         self._keys = list(spec.param_shapes())
         # Metadata only: the spec view is rebuilt over the live parameters at each forward, so
         # .to(), .double(), load_state_dict() and optimizer steps are always seen.
-        self._template = spec._rebind({k: torch.empty(0) for k in self._keys})
+        self._template = spec.rebind({k: torch.empty(0) for k in self._keys})
         for key, t in spec.state_dict().items():
             *path, name = key.split(".")
             owner: nn.Module = self
@@ -106,7 +106,7 @@ class SpecViT(nn.Module):
             owner.register_parameter(name, nn.Parameter(t.detach().clone()))
 
     @classmethod
-    def from_spec(cls, spec: _ViTBase, *, mode: Mode = "cache") -> SpecViT:
+    def from_spec(cls, spec: ViTBase, *, mode: Mode = "cache") -> SpecViT:
         """A module with a copy of ``spec``'s parameters (training it leaves ``spec`` unchanged)."""
         return cls(spec, mode=mode)
 

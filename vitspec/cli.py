@@ -7,41 +7,54 @@ dotted path of a module that defines::
     def run(args: argparse.Namespace) -> int: ...     # the exit code
 
 Adding one is a single :func:`register` call below (``train`` and ``attention-map`` are).
+Another package adds commands through the entry-point group ``vitspec.commands`` (each entry
+point names a :class:`Command`; :func:`discover`, :mod:`vitspec.plugins`): that is how
+``conformance`` adds ``conform`` without ``vitspec`` importing it.
 Modules are imported lazily: only the chosen subcommand's module is imported, so
 ``vitspec --help`` stays instant and a missing optional dependency of one command
 cannot break the others.
 
 ``vitspec conform ...`` is exactly ``python -m conformance ...`` (same arguments, same
-``run``, same exit codes: 0 conformant, 1 not, 2 usage error / unknown target / unsupported).
+``run``, same exit codes: 0 conformant, 1 not, 2 usage error / unknown target, 3 unsupported
+model, 4 ``--timeout`` reached). ``python -m vitspec`` is the ``vitspec`` command.
 
 Bad input never ends in a traceback: argparse refuses bad values (exit 2 with its usage
 message), and a :class:`~vitspec.errors.VitSpecError` (``ConfigError``, ``ShapeError``,
 ``LoadError``, ``TargetError``, ...), an ``OSError`` (missing or unwritable file) or an
-``ImportError`` (missing optional library) raised by a command's ``run`` becomes one line
-``vitspec COMMAND: error: ...`` on stderr and exit code 2.
+``ImportError`` (missing optional library, named with the extra that provides it) raised by a
+command's ``run`` becomes one line ``vitspec COMMAND: error: ...`` on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
+from ._fs import safe_streams
+from .argtypes import TARGET_GRAMMAR, OneLineParser
 from .errors import VitSpecError
+from .plugins import COMMANDS_GROUP, load_group
 
 __all__ = [
     "COMMANDS",
+    "EXTRAS",
     "Command",
     "build_parser",
+    "discover",
     "main",
+    "missing_extra",
     "one_line",
     "register",
 ]
 
 EXIT_USAGE = 2
+#: Characters in a one-line error message.
+MAX_ERROR = 500
 
 
 @dataclass(frozen=True)
@@ -68,19 +81,38 @@ def register(name: str, help: str, module: str, description: str = "") -> Comman
     return cmd
 
 
+@functools.cache
+def _plugins() -> tuple[tuple[Command, ...], dict[str, str]]:
+    """The commands other installed packages declare (loaded once), and why any failed to load."""
+    loaded, problems = load_group(COMMANDS_GROUP)
+    cmds = []
+    for name, cmd in loaded.items():
+        if isinstance(cmd, Command):
+            cmds.append(cmd)
+        else:
+            problems[name] = f"entry point {name!r} is a {type(cmd).__name__}, not a vitspec.cli.Command"
+    return tuple(cmds), problems
+
+
+def discover() -> dict[str, str]:
+    """Add the commands of other installed packages (entry-point group ``vitspec.commands``, see
+    :mod:`vitspec.plugins`; ``conformance`` adds ``conform``) to :data:`COMMANDS`; a command already
+    registered keeps its place. Returns, per entry point that failed to load, why (one line)."""
+    cmds, problems = _plugins()
+    for cmd in cmds:
+        COMMANDS.setdefault(cmd.name, cmd)
+    return problems
+
+
 def one_line(err: BaseException) -> str:
     """The error's message on one line (multi-line messages, e.g. a ConfigError's list, joined)."""
     parts = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return " ".join(parts) or type(err).__name__
+    text = " ".join(parts) or type(err).__name__
+    if len(text) > MAX_ERROR:  # a 5000-character path must not become a screenful
+        text = text[: MAX_ERROR - 80] + " ... " + text[-75:]
+    return text
 
 
-register(
-    "conform",
-    "check a third-party ViT against the spec (== python -m conformance)",
-    "conformance.cli",
-    "Check a third-party ViT against TorchLean's ViT spec, stage by stage and gradient by gradient. "
-    "Exit status: 0 conformant, 1 not conformant, 2 usage error / unknown target / unsupported model.",
-)
 register(
     "train",
     "train a small ViTClsSpec on sklearn's digits through the explicit backward",
@@ -98,6 +130,39 @@ register(
     "(--model) or a third-party ViT (--target, random init). "
     "Exit status: 0 written, 2 bad arguments / unreadable file / unsupported model.",
 )
+
+register(
+    "audit-spec",
+    "check a TorchLean revision's explicit backward against autograd through its own forward",
+    "vitspec.audit",
+    "Audit the spec itself: for each primitive, an encoder layer and the whole model (both variants, "
+    "several head counts, cache and recompute), the revision's explicit backward against autograd through "
+    "the same revision's forward, field by field, in float64; a table names each inconsistent gradient "
+    "field, its error and the Lean definition responsible. "
+    "Exit status: 0 consistent, 1 inconsistent, 2 bad arguments (unknown revision, unwritable --json).",
+)
+
+#: Optional top-level modules -> the vitspec extra that installs them.
+EXTRAS = {
+    "sklearn": "cli",
+    "matplotlib": "cli",
+    "rich": "cli",
+    "PIL": "cli",
+    "timm": "thirdparty",
+    "torchvision": "thirdparty",
+    "transformers": "thirdparty",
+    "vit_pytorch": "thirdparty",
+    "einops": "thirdparty",
+    "safetensors": "cli",
+}
+
+
+def missing_extra(err: ImportError) -> str:
+    """``err`` as one line that names the package and the extra providing it."""
+    name = (err.name or "").split(".")[0]
+    extra = EXTRAS.get(name)
+    hint = f"; install it with: pip install 'vitspec[{extra}]'" if extra else ""
+    return f"an optional library is missing: {one_line(err)}{hint}"
 
 
 def _version() -> str:
@@ -120,12 +185,14 @@ def _chosen(argv: Sequence[str]) -> str | None:
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The top-level parser; only the subcommand chosen in ``argv`` gets its full arguments."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="vitspec",
         description="TorchLean's ViT spec, executable in PyTorch.",
+        epilog=f"{TARGET_GRAMMAR}\n\nEvery command has --help; `python -m vitspec` is this command.",
     )
     parser.add_argument("--version", action="version", version=f"vitspec {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    discover()
     chosen = _chosen(argv)
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description)
@@ -137,10 +204,16 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vitspec`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    safe_streams()  # an ASCII-only stdout must not turn a message into a traceback
+    broken = discover()
+    named = next((tok for tok in argv if not tok.startswith("-")), None)
+    if named in broken and named not in COMMANDS:
+        print(f"vitspec: error: command {named!r} failed to load: {broken[named]}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         parser = build_parser(argv)
     except ImportError as e:  # the chosen command's module (or its optional dependency) is missing
-        print(f"vitspec: error: cannot load command {_chosen(argv)!r}: {e}", file=sys.stderr)
+        print(f"vitspec: error: cannot load command {_chosen(argv)!r}: {missing_extra(e)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         args = parser.parse_args(argv)
@@ -159,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vitspec {cmd.name}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except ImportError as e:  # an optional dependency of the command, imported late
-        print(f"vitspec {cmd.name}: error: an optional library is missing: {one_line(e)}", file=sys.stderr)
+        print(f"vitspec {cmd.name}: error: {missing_extra(e)}", file=sys.stderr)
         return EXIT_USAGE
     return int(code or 0)
 

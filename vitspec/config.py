@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
+from . import schema
 from .errors import ConfigError, Violation
 from .formulas import patch_count, patch_out_h, patch_out_w
-
-if TYPE_CHECKING:
-    from .profiles import Profile
+from .profiles import Profile, get_profile
+from .schema import Variant
 
 __all__ = [
     "PRESETS",
     "ViTConfig",
+    "config_violations",
     "param_count",
     "preset",
     "vit_base_patch16",
@@ -29,8 +29,6 @@ __all__ = [
     "vit_small_patch16",
     "vit_tiny_patch16",
 ]
-
-Variant = Literal["mean", "cls"]
 
 # Lean name of each field, for messages and the docs' name map.
 LEAN_FIELD = {
@@ -263,28 +261,94 @@ def param_count(
     """Number of scalars in the spec's parameter bundle (``ViTSpec`` / ``ViTClsSpec``).
 
     With ``profile`` (a :class:`vitspec.profiles.Profile` or name), counts the
-    extra parameters that profile adds (biases, final norm, head norm, patch norms).
+    extra parameters that profile adds (biases, final norm, head norm, patch norms);
+    ``None`` is the spec's own bundle (profile ``torchlean``). The keys and shapes are
+    the rows of :mod:`vitspec.schema`.
     """
-    if variant not in ("mean", "cls"):
+    if variant not in schema.VARIANTS:
         raise ConfigError(f"variant must be 'mean' or 'cls', got {variant!r}")
-    e, f, c = cfg.embed_dim, cfg.hidden_dim, cfg.num_classes
-    attn = cfg.head_count * cfg.head_dim
-    t = cfg.tokens(in_h, in_w) + (1 if variant == "cls" else 0)
-    n = e * in_c * cfg.patch_h * cfg.patch_w + e  # patch kernel + bias
-    n += t * e  # pos
-    n += e if variant == "cls" else 0  # cls token
-    per_layer = 3 * e * attn + attn * e  # Wq Wk Wv Wo
-    per_layer += e * f + f + f * e + e  # W1 b1 W2 b2
-    per_layer += 4 * e  # two LayerNorms
-    if profile is not None:
-        from .profiles import get_profile
+    p = get_profile("torchlean" if profile is None else profile)
+    return schema.param_count(cfg, in_c, in_h, in_w, variant=variant, profile=p)
 
-        p = get_profile(profile)
-        per_layer += (3 * attn if p.qkv_bias else 0) + (e if p.out_bias else 0)
-        n += 2 * e if p.final_norm != "none" else 0
-        n += 2 * e if p.head_norm else 0
-        if p.patch_embed == "linear_ln":
-            n += 2 * in_c * cfg.patch_h * cfg.patch_w + 2 * e
-    n += cfg.num_layers * per_layer
-    n += c * e + c  # head
-    return n
+
+def config_violations(
+    cfg: ViTConfig, in_c: int, in_h: int, in_w: int, *, variant: Variant, profile: Profile
+) -> list[Violation]:
+    """``cfg.violations(...)`` plus what the profile demands of the config and variant (for a model and a file)."""
+    if not isinstance(cfg, ViTConfig):
+        raise ConfigError(f"cfg must be a ViTConfig, got {type(cfg).__name__}")
+    # A profile head_dim sets the attention width itself, so heads need not divide embed_dim.
+    divide = profile.require_heads_divide and profile.head_dim is None
+    v = cfg.violations(in_c, in_h, in_w, variant=variant, require_heads_divide=divide)
+    if profile.head_dim is not None:
+        v = [x for x in v if x.lean != "extra:headDim_pos"]
+    if profile.patch_embed == "linear_ln" and not (
+        cfg.stride == cfg.patch_h and cfg.stride == cfg.patch_w and cfg.padding == 0
+    ):
+        v.append(
+            Violation(
+                "stride",
+                "extra:linear_ln_patches",
+                "stride == patch_h and stride == patch_w and padding == 0 (non-overlapping patches)",
+                f"stride={cfg.stride}, patch_h={cfg.patch_h}, patch_w={cfg.patch_w}, padding={cfg.padding}",
+                f"profile {profile.name!r} has patch_embed='linear_ln'",
+            )
+        )
+    if variant == "mean" and profile.pooling in ("token", "mean_all"):
+        v.append(
+            Violation(
+                "pooling",
+                "extra:pooling_needs_cls",
+                "pooling None or 'mean' for the mean-pool ViTSpec (it has no CLS token)",
+                repr(profile.pooling),
+                f"profile {profile.name!r}; use ViTClsSpec, or profile.replace(pooling=None)",
+            )
+        )
+    return v + _variation_violations(cfg, variant, profile)
+
+
+def _variation_violations(cfg: ViTConfig, variant: Variant, profile: Profile) -> list[Violation]:
+    """What the variation fields (:data:`vitspec.profiles.VARIATION_FIELDS`) demand of each other, the
+    variant and the config: combinations no library builds are refused, never silently reinterpreted."""
+    p, why = profile, f"profile {profile.name!r}"
+    rules: list[tuple[bool, str, str, str, str]] = []  # (violated, field, condition, actual, note)
+    for f, on in (("layer_scale", p.layer_scale), ("qk_norm", p.qk_norm), ("ffn", p.ffn == "glu"),
+                  ("norm", p.norm == "rms")):  # fmt: skip
+        rules.append((on and p.norm_placement != "pre", f, f"norm_placement == 'pre' with {f}={getattr(p, f)!r}",
+                      f"norm_placement={p.norm_placement!r}", "no library combines it with post-norm"))  # fmt: skip
+    rules.append((p.qk_norm and p.head_split != "reshape_swap", "qk_norm", "head_split == 'reshape_swap' with qk_norm",
+                  f"head_split={p.head_split!r}", "the libraries' head split"))  # fmt: skip
+    prefix = schema.prefix_count(variant, p)
+    sincos = p.pos_embed.startswith("sincos")
+    rules.append((sincos and prefix > 0, "pos_embed", "no prefix tokens with a fixed sin-cos table",
+                  f"pos_embed={p.pos_embed!r} with {prefix} prefix token(s)", "no library adds a fixed table to prefix rows"))  # fmt: skip
+    rules.append((p.pos_embed.startswith("sincos_2d") and cfg.embed_dim % 4 != 0, "embed_dim",
+                  "embed_dim % 4 == 0 for a 2-D sin-cos table", f"embed_dim={cfg.embed_dim}", ""))  # fmt: skip
+    rules.append((p.pos_embed == "sincos_2d" and cfg.embed_dim < 8, "embed_dim", "embed_dim >= 8 for sincos_2d",
+                  f"embed_dim={cfg.embed_dim}", "vit-pytorch divides by embed_dim/4 - 1"))  # fmt: skip
+    rules.append((p.pos_prefix != "all" and p.pos_embed != "learned", "pos_prefix",
+                  "pos_prefix == 'all' unless pos_embed == 'learned'", f"pos_prefix={p.pos_prefix!r}, "
+                  f"pos_embed={p.pos_embed!r}", ""))  # fmt: skip
+    rules.append((p.pos_prefix == "cls" and variant != "cls", "pos_prefix", "variant 'cls' for pos_prefix='cls'",
+                  f"variant={variant!r}", ""))  # fmt: skip
+    rules.append((p.head == "distilled" and not p.dist_token, "head",
+                  "dist_token=True for head='distilled'", f"dist_token={p.dist_token}", ""))  # fmt: skip
+    rules.append((p.dist_token and variant != "cls", "dist_token", "variant 'cls' with a distillation token",
+                  f"variant={variant!r}", "DeiT has a class token"))  # fmt: skip
+    rules.append((p.head == "distilled" and (p.head_norm or not p.head_bias or p.final_norm == "after_pool"), "head",
+                  "head='distilled' without a head norm, with head biases, final_norm != 'after_pool'",
+                  f"head_norm={p.head_norm}, head_bias={p.head_bias}, final_norm={p.final_norm!r}",
+                  "DeiT's two heads read rows 0 and 1 of the final-normed sequence"))  # fmt: skip
+    rules.append((p.pooling == "cls_mean_concat" and variant != "cls", "pooling",
+                  "variant 'cls' for pooling='cls_mean_concat'", f"variant={variant!r}", ""))  # fmt: skip
+    rules.append((p.ffn == "glu" and p.activation not in ("silu", "sigmoid", "gelu_erf", "gelu_tanh"), "activation",
+                  "a gate activation (silu, sigmoid, gelu_erf, gelu_tanh) with ffn='glu'",
+                  f"activation={p.activation!r}", "with ffn='glu' the activation is the gate's"))  # fmt: skip
+    rules.append((p.patch_embed == "linear_ln" and (p.norm != "layer" or not p.patch_bias), "patch_embed",
+                  "norm='layer' and patch_bias with patch_embed='linear_ln'", f"norm={p.norm!r}, "
+                  f"patch_bias={p.patch_bias}", "vit-pytorch's patch norms are LayerNorms with a biased Linear"))  # fmt: skip
+    return [
+        Violation(f, f"extra:variation_{f}", cond, actual, f"{why}" + (f"; {note}" if note else ""))
+        for bad, f, cond, actual, note in rules
+        if bad
+    ]

@@ -37,6 +37,7 @@ import torch
 from beartype import beartype
 from jaxtyping import Float, Int, Shaped, TypeCheckError, jaxtyped
 
+from . import schema
 from .errors import ShapeError
 
 __all__ = [
@@ -70,6 +71,9 @@ DIM_NAMES: dict[str, str] = {
     "attn_dim": "heads*head_dim (width of Q, K, V)",
     "patch_dim": "channels*patch_h*patch_w (flattened patch)",
     "classes": "output classes (Lean numClasses)",
+    "registers": "register tokens (profile reg_tokens)",
+    "pos_rows": "rows of the learned position table (patches + the prefix rows it covers)",
+    "pooled": "head input width (embed_dim; 2*embed_dim for cls_mean_concat)",
     "batch": "optional leading batch axes",
 }
 
@@ -139,11 +143,21 @@ class Dims:
         return self.formulas.get(name) or f"{name} = {self.values[name]}"
 
     @classmethod
-    def from_config(cls, cfg: Any, in_c: int, in_h: int, in_w: int, *, cls_token: bool = False) -> Dims:
+    def from_config(
+        cls, cfg: Any, in_c: int, in_h: int, in_w: int, *, cls_token: bool = False, profile: Any = None
+    ) -> Dims:
+        """The spec's sizes; ``profile`` (a :class:`vitspec.profiles.Profile`) adds its variation points:
+        prefix tokens beyond CLS, the position-table rows, a per-head width other than ``embed_dim // heads``
+        and the head input width (the formulas are :mod:`vitspec.schema`'s)."""
         p, s, ph, pw = cfg.padding, cfg.stride, cfg.patch_h, cfg.patch_w
         oh, ow = cfg.out_h(in_h), cfg.out_w(in_w)
         t = oh * ow
         hd = cfg.head_dim
+        variant = "cls" if cls_token else "mean"
+        extra: dict[str, int] = {}
+        if profile is not None:
+            extra = schema.dim_sizes(cfg, in_c, in_h, in_w, variant=variant, profile=profile)
+            hd = extra["head_dim"]
         values = {
             "channels": in_c,
             "in_h": in_h,
@@ -164,6 +178,18 @@ class Dims:
         }
         plus = " + 1" if cls_token else ""
         tok = f"tokens = out_h*out_w{plus} = {oh}*{ow}{plus} = {values['tokens']}"
+        hd_formula = f"head_dim = embed_dim/head_count = {cfg.embed_dim}/{cfg.head_count} = {hd} (floor)"
+        more: dict[str, str] = {}
+        if extra:
+            n_pre = extra["tokens"] - t
+            if n_pre != (1 if cls_token else 0):
+                values["tokens"] = extra["tokens"]
+                tok = f"tokens = out_h*out_w + prefix = {oh}*{ow} + {n_pre} = {values['tokens']} (profile {profile.name})"
+            if profile.head_dim is not None:
+                hd_formula = f"head_dim = {hd} (profile {profile.name})"
+            for name in ("registers", "pos_rows", "pooled"):
+                values[name] = extra[name]
+                more[name] = f"{name} = {extra[name]} (profile {profile.name})"
         formulas = {
             "channels": f"channels = in_c = {in_c}",
             "in_h": f"in_h = {in_h} (the model's input height)",
@@ -175,10 +201,11 @@ class Dims:
             "embed_dim": f"embed_dim = {cfg.embed_dim}",
             "hidden_dim": f"hidden_dim = {cfg.hidden_dim}",
             "heads": f"heads = head_count = {cfg.head_count}",
-            "head_dim": f"head_dim = embed_dim/head_count = {cfg.embed_dim}/{cfg.head_count} = {hd} (floor)",
+            "head_dim": hd_formula,
             "attn_dim": f"attn_dim = heads*head_dim = {cfg.head_count}*{hd} = {cfg.head_count * hd}",
             "patch_dim": f"patch_dim = channels*patch_h*patch_w = {in_c}*{ph}*{pw} = {in_c * ph * pw}",
             "classes": f"classes = num_classes = {cfg.num_classes}",
+            **more,
         }
         return cls(values, formulas)
 

@@ -14,29 +14,33 @@ header's string metadata:
 ``vitspec_version`` the writer's version (informational)
 ============== ==============================================================
 
-:func:`load` validates everything (header, metadata, every key, shape and dtype)
-before it builds the model, and raises :class:`~vitspec.LoadError` naming the
-problem; nothing is partially loaded.
+:func:`read` validates everything (header, metadata, every key, shape and dtype)
+and returns a :class:`Checkpoint`, or raises :class:`~vitspec.LoadError` naming the
+problem; nothing is partially loaded. This module is the file format only: it sits
+below :mod:`vitspec.models` (``m.save(path)``, ``ViTSpec.load(path)`` and the
+variant-agnostic :func:`vitspec.models.load` build on it) and imports nothing from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Protocol
 
 import torch
+from torch import Tensor
 
-from .config import ViTConfig
+from .config import ViTConfig, config_violations
 from .errors import ConfigError, LoadError
-from .profiles import Profile
+from .profiles import VARIATION_FIELDS, Profile
+from .schema import Variant, param_shapes
 
-if TYPE_CHECKING:
-    from .models.vit import _ViTBase
-
-__all__ = ["FORMAT", "FORMAT_VERSION", "load", "read_metadata", "save"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "SavableModel", "read", "read_metadata", "save"]
 
 FORMAT = "vitspec"
 FORMAT_VERSION = 1
@@ -62,7 +66,41 @@ def _safetensors() -> Any:
         raise ImportError("vitspec save/load needs the 'safetensors' package: pip install safetensors") from e
 
 
-def save(model: _ViTBase, path: str | os.PathLike[str]) -> None:
+class SavableModel(Protocol):
+    """What :func:`save` reads off a model (a :class:`~vitspec.ViTSpec` / :class:`~vitspec.ViTClsSpec`)."""
+
+    @property
+    def variant(self) -> str: ...
+    @property
+    def cfg(self) -> ViTConfig: ...
+    @property
+    def in_c(self) -> int: ...
+    @property
+    def in_h(self) -> int: ...
+    @property
+    def in_w(self) -> int: ...
+    @property
+    def profile(self) -> Profile: ...
+    @property
+    def dtype(self) -> torch.dtype: ...
+    def state_dict(self) -> dict[str, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A validated vitspec file: what a model is built from (``ViTSpec.from_checkpoint``)."""
+
+    cfg: ViTConfig
+    in_c: int
+    in_h: int
+    in_w: int
+    variant: Variant
+    profile: Profile
+    dtype: torch.dtype
+    tensors: dict[str, Tensor]
+
+
+def save(model: SavableModel, path: str | os.PathLike[str]) -> None:
     """Write ``model`` to ``path`` (safetensors; tensors copied to the CPU, contiguous)."""
     _safetensors()
     from safetensors.torch import save_file
@@ -97,8 +135,51 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def _exists(path: str | os.PathLike[str]) -> None:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+    """Raise the real ``OSError`` (no such file, permission denied, a directory) before safetensors sees it."""
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a file")
+    with open(path, "rb"):  # FileNotFoundError / PermissionError with their own message
+        pass
+
+
+#: Problems listed in one error message before "... and N more" (a screenful).
+MAX_LISTED = 20
+#: ``ln_eps`` must lie in ``(0, MAX_LN_EPS]``: an epsilon near the variance's scale erases the input.
+MAX_LN_EPS = 1.0
+_LAYER_KEY = re.compile(r"encoder\.(\d{1,9})\.")
+
+
+def screenful(problems: list[str]) -> str:
+    """At most :data:`MAX_LISTED` problems, one per line, then ``... and N more``."""
+    shown = problems[:MAX_LISTED]
+    more = len(problems) - len(shown)
+    return "\n  ".join(shown) + (f"\n  ... and {more} more" if more > 0 else "")
+
+
+def _check_numbers(where: str, profile_fields: dict[str, Any]) -> None:
+    """Every numeric profile field finite and in range (``10**400`` or ``Infinity`` in JSON are refused)."""
+    eps = profile_fields.get("ln_eps")
+    if isinstance(eps, bool) or not isinstance(eps, int | float):
+        return  # Profile() reports the type
+    try:
+        value = float(eps)
+    except OverflowError:
+        value = math.inf
+    if not (math.isfinite(value) and 0 < value <= MAX_LN_EPS):
+        raise LoadError(f"{where} 'profile' ln_eps={eps!r:.40} must be a finite number in (0, {MAX_LN_EPS:g}]")
+    profile_fields["ln_eps"] = value
+
+
+def _check_layer_count(path: str | os.PathLike[str], cfg: ViTConfig, keys: list[str]) -> None:
+    """``num_layers`` must match the ``encoder.{i}.`` keys the file holds, before any per-layer work:
+    the cost of checking a file is then bounded by its size, whatever its metadata claims."""
+    present = {int(m.group(1)) for k in keys if (m := _LAYER_KEY.match(k))}
+    n = cfg.num_layers  # compared by count and extremes: set(range(n)) would cost O(n) memory
+    if len(present) != n or (n and (min(present) != 0 or max(present) != n - 1)):
+        raise LoadError(
+            f"{path}: metadata says num_layers={cfg.num_layers}, but the file holds tensors for "
+            f"{len(present)} encoder layer(s)" + (f" (indices {min(present)}..{max(present)})" if present else "")
+        )
 
 
 def _parse_metadata(path: str | os.PathLike[str], md: dict[str, str]) -> dict[str, Any]:
@@ -128,16 +209,23 @@ def _parse_metadata(path: str | os.PathLike[str], md: dict[str, str]) -> dict[st
             fields = json.loads(md[key])
         except json.JSONDecodeError as e:
             raise LoadError(f"{where} {key!r} is not valid JSON ({e})") from None
+        except ValueError as e:  # an integer longer than Python's 4300-digit limit
+            raise LoadError(f"{where} {key!r}: {e}") from None
         names = {f.name for f in dataclasses.fields(typ)}
         if not isinstance(fields, dict):
             raise LoadError(f"{where} {key!r} must be a JSON object, got {type(fields).__name__}")
-        missing, unknown = sorted(names - fields.keys()), sorted(fields.keys() - names)
+        # Files written before the Profile gained head_split / lean_backward / revision were all
+        # computed with their defaults (the reshape-then-swap split), so those may be absent.
+        # Likewise the variation fields (vitspec.profiles.VARIATION_FIELDS): older files are TorchLean-valued.
+        optional = {"head_split", "lean_backward", "revision", *VARIATION_FIELDS} if typ is Profile else set()
+        missing, unknown = sorted(names - fields.keys() - optional), sorted(fields.keys() - names)
         if missing or unknown:
             raise LoadError(f"{where} {key!r} fields do not match {typ.__name__}: missing {missing}, unknown {unknown}")
         if typ is Profile:
+            _check_numbers(where, fields)
             wrong = [
                 f"{n}={fields[n]!r}"
-                for n in names
+                for n in names & fields.keys()
                 if (n in _PROFILE_BOOLS and not isinstance(fields[n], bool))
                 or (n in ("name", "source") and not isinstance(fields[n], str))
             ]
@@ -154,20 +242,22 @@ def _parse_metadata(path: str | os.PathLike[str], md: dict[str, str]) -> dict[st
     return out
 
 
-def load(
+def read(
     path: str | os.PathLike[str],
     *,
-    variant: Literal["mean", "cls"] | None = None,
+    variant: Variant | None = None,
     device: str | torch.device = "cpu",
-) -> _ViTBase:
-    """Load a file written by :func:`save`; the variant comes from the file unless ``variant`` demands one.
+) -> Checkpoint:
+    """Read and validate a file written by :func:`save`; the variant comes from the file unless
+    ``variant`` demands one. ``ViTSpec.load`` / ``ViTClsSpec.load`` / :func:`vitspec.models.load`
+    build the model from it.
 
     Raises :class:`LoadError` (a ``ValueError``) for a truncated or corrupt file, bad metadata, a
     variant other than the one demanded, and any missing or unexpected key, wrong shape or dtype
-    (all listed); ``FileNotFoundError`` if there is no file. Nothing is built before all checks pass.
+    (all listed, at most a screenful); the real ``OSError`` (``FileNotFoundError``, ``PermissionError``)
+    for a file that cannot be opened. Nothing is built before all checks pass, and checking costs time
+    and memory bounded by the file's size (``num_layers`` must match the layers the file holds).
     """
-    from .models.vit import ViTClsSpec, ViTSpec, config_violations, spec_param_shapes
-
     safe_open = _safetensors()
     _exists(path)
     try:
@@ -178,16 +268,15 @@ def load(
                 names = {"mean": "ViTSpec", "cls": "ViTClsSpec"}
                 raise LoadError(
                     f"{path}: the file holds a {names[meta['variant']]} (variant {meta['variant']!r}), not a "
-                    f"{names[variant]}; use {names[meta['variant']]}.load or vitspec.io.load"
+                    f"{names[variant]}; use {names[meta['variant']]}.load or vitspec.models.load"
                 )
             cfg, prof = meta["cfg"], meta["profile"]
+            keys = list(f.keys())
+            _check_layer_count(path, cfg, keys)
             v = config_violations(cfg, meta["in_c"], meta["in_h"], meta["in_w"], variant=meta["variant"], profile=prof)
             if v:
-                raise LoadError(f"{path}: metadata describes an ill-formed model:\n  " + "\n  ".join(map(str, v)))
-            shapes = spec_param_shapes(
-                cfg, meta["in_c"], meta["in_h"], meta["in_w"], variant=meta["variant"], profile=prof
-            )
-            keys = list(f.keys())
+                raise LoadError(f"{path}: metadata describes an ill-formed model:\n  " + screenful(list(map(str, v))))
+            shapes = param_shapes(cfg, meta["in_c"], meta["in_h"], meta["in_w"], variant=meta["variant"], profile=prof)
             problems = [
                 f"missing key {k!r} (expected shape {s}, dtype {meta['dtype']})"
                 for k, s in shapes.items()
@@ -206,14 +295,13 @@ def load(
                 if got != want:
                     problems.append(f"key {k!r}: expected dtype {want}, got {got}")
             if problems:
-                raise LoadError(f"{path}: tensors do not match the metadata's model:\n  " + "\n  ".join(problems))
+                raise LoadError(f"{path}: tensors do not match the metadata's model:\n  " + screenful(problems))
             tensors = {k: f.get_tensor(k) for k in shapes}
-    except (LoadError, FileNotFoundError):
+    except (LoadError, OSError):  # OSError: the real cause (permission denied, ...), not a LoadError
         raise
     except Exception as e:  # safetensors' own errors for a truncated/corrupt header or buffer
         raise LoadError(f"{path}: cannot read the safetensors file ({type(e).__name__}: {e})") from e
-    cls = ViTClsSpec if meta["variant"] == "cls" else ViTSpec
     dev = torch.device(device)
     if dev.type != "cpu":
         tensors = {k: t.to(dev) for k, t in tensors.items()}
-    return cls(cfg, meta["in_c"], meta["in_h"], meta["in_w"], tensors, profile=prof)
+    return Checkpoint(cfg, meta["in_c"], meta["in_h"], meta["in_w"], meta["variant"], prof, meta["dtype"], tensors)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +23,36 @@ import torch.nn.functional as F
 from ._env import machine_info
 from .config import ViTConfig
 
-__all__ = ["TrainConfig", "TrainResult", "add_arguments", "add_parser", "load_digits_tensors", "run", "train_digits"]
+__all__ = [
+    "MAX_LR",
+    "TrainConfig",
+    "TrainResult",
+    "add_arguments",
+    "add_parser",
+    "default_threads",
+    "load_digits_tensors",
+    "run",
+    "train_digits",
+]
+
+#: Upper bound of ``--threads``: more threads than this only oversubscribes the CPU.
+MAX_THREADS = 256
+#: Upper bound of ``--lr``: AdamW steps are about ``lr`` per weight, so beyond this the run only diverges.
+MAX_LR = 10.0
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on (``os.sched_getaffinity``) less those the load average says are
+    busy, at least 1 and at most 8: on a loaded 2-core machine ``--threads 2`` runs ~15x slower than 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        busy = 0
+    return max(1, min(cpus - busy, cpus, 8))
 
 
 @dataclass(frozen=True)
@@ -39,7 +71,7 @@ class TrainConfig:
     heads: int = 4
     layers: int = 2
     profile: str = "torchlean"
-    threads: int = 2
+    threads: int = field(default_factory=default_threads)
 
 
 @dataclass(frozen=True)
@@ -117,6 +149,10 @@ def train_digits(
                 total += float(loss.detach()) * len(idx)
                 n += len(idx)
             loss_mean = total / n
+            if not math.isfinite(loss_mean):
+                from .errors import VitSpecError
+
+                raise VitSpecError(f"training diverged: the loss is {loss_mean} in epoch {epoch + 1}; lower --lr")
             if bar is not None:
                 bar.update(epoch, loss_mean)
     finally:
@@ -164,8 +200,13 @@ def _progress(enabled: bool, epochs: int) -> _Bar | None:
         return None
 
 
-#: Upper bound of ``--threads``: more threads than this only oversubscribes the CPU.
-MAX_THREADS = 256
+def _lr(text: str) -> float:
+    from .argtypes import positive_float
+
+    v = positive_float(text)
+    if v > MAX_LR:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_LR:g}, got {text}")
+    return v
 
 
 def _threads(text: str) -> int:
@@ -179,7 +220,7 @@ def _threads(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``vitspec train`` arguments (the ``vitspec.cli`` registry calls this)."""
-    from .argtypes import positive_float, positive_int, seed_int
+    from .argtypes import output_path, positive_int, seed_int
     from .profiles import PROFILES
 
     d = TrainConfig()
@@ -187,7 +228,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--epochs", type=positive_int, default=d.epochs, metavar="N", help=f"passes over the data (default {d.epochs})"
     )
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, metavar="N", help=f"default {d.batch_size}")
-    p.add_argument("--lr", type=positive_float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--lr", type=_lr, default=d.lr, help=f"peak learning rate, at most {MAX_LR:g} (default {d.lr})")
     p.add_argument("--seed", type=seed_int, default=d.seed, metavar="N", help="seed for init, split and shuffling")
     p.add_argument(
         "--profile",
@@ -196,10 +237,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="numerics profile (default torchlean: post-norm, ReLU)",
     )
     p.add_argument(
-        "--threads", type=_threads, default=d.threads, metavar="N", help=f"torch CPU threads (default {d.threads})"
+        "--threads",
+        type=_threads,
+        default=d.threads,
+        metavar="N",
+        help=f"torch CPU threads (default: the idle CPUs this process may use, now {d.threads})",
     )
-    p.add_argument("--json", metavar="PATH", help="write the result as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--json", metavar="PATH", type=output_path, help="write the result as JSON ('-' = stdout); nothing by default"
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -216,22 +263,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``vitspec train``; bad values raise :class:`~vitspec.errors.VitSpecError` (exit 2 in the CLI)."""
-    import os
+    import importlib.util
 
-    from ._fs import atomic_write_text
+    from ._fs import atomic_write_text, check_writable
     from .errors import VitSpecError
     from .profiles import get_profile
+
+    if importlib.util.find_spec("sklearn") is None:  # before any work: the data come from scikit-learn
+        raise VitSpecError("vitspec train needs scikit-learn (its digits data): pip install 'vitspec[cli]'")
 
     for name in ("epochs", "batch_size", "threads"):
         if getattr(args, name) <= 0:
             raise VitSpecError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    if not args.lr > 0:
-        raise VitSpecError(f"--lr must be > 0, got {args.lr}")
+    if not 0 < args.lr <= MAX_LR:
+        raise VitSpecError(f"--lr must be in (0, {MAX_LR:g}], got {args.lr}")
     get_profile(args.profile)  # ConfigError naming the valid profiles
     if args.json:
-        if os.path.isdir(args.json):
-            raise VitSpecError(f"--json {args.json}: is a directory")
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)  # OSError now, not after training
+        check_writable(args.json, "--json")  # refused now, not after training
     tc = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -240,7 +288,9 @@ def run(args: argparse.Namespace) -> int:
         profile=args.profile,
         threads=args.threads,
     )
-    result = train_digits(tc, progress=not args.quiet)
+    to_stdout = args.json == "-"
+    log = (lambda line: print(line, file=sys.stderr)) if to_stdout else print
+    result = train_digits(tc, progress=not (args.quiet or to_stdout), log=log)
     if args.json:
         payload = {**json.loads(result.to_json()), "machine": machine_info(tc.threads)}
         atomic_write_text(args.json, json.dumps(payload, indent=2) + "\n")

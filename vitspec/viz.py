@@ -22,7 +22,16 @@ import torch
 from .errors import ConfigError, VitSpecError
 from .primitives import layer_norm, softmax
 
-__all__ = ["add_arguments", "add_parser", "attention_maps", "attention_probs", "run", "save_attention_png"]
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "add_arguments",
+    "add_parser",
+    "attention_maps",
+    "attention_probs",
+    "run",
+    "save_attention_png",
+    "spec_model_for_target",
+]
 
 
 def attention_probs(model: object, x: torch.Tensor) -> list[torch.Tensor]:
@@ -99,37 +108,69 @@ def save_attention_png(
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_image(path: str, in_c: int, in_h: int, in_w: int) -> torch.Tensor:
-    import matplotlib.image as mpimg
+#: Default ``--max-pixels``: 50 megapixels (an 8K photo is 33 MP); decoding one takes ~150 MB.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def _load_image(path: str, in_c: int, in_h: int, in_w: int, max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """The image at ``path`` as ``(in_c, in_h, in_w)``, standardised; its size is checked from the
+    header (PIL reads only that on ``open``) before any pixel is decoded."""
+    import numpy as np
     import torch.nn.functional as F
+    from PIL import Image
 
     p = Path(path)
     if not p.is_file():
         raise VitSpecError(f"--image {path!r}: no such file")
+    if in_c not in (1, 3):
+        raise VitSpecError(f"--image: the model takes {in_c} channels; images give 1 (grey) or 3 (RGB)")
+    bomb_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit (max_pixels) applies, with a message naming the flag
     try:
-        arr = mpimg.imread(p)
-    except Exception as e:  # matplotlib/PIL raise many types for a bad file
-        raise VitSpecError(f"--image {path!r}: cannot read it as an image ({e})") from None
-    t = torch.tensor(arr, dtype=torch.float64)
-    t = t.unsqueeze(-1) if t.dim() == 2 else t[..., :3]
-    t = t.permute(2, 0, 1)
-    t = t.mean(0, keepdim=True) if in_c == 1 else (t.expand(3, -1, -1) if t.shape[0] == 1 else t)
-    if t.shape[0] != in_c:
-        raise VitSpecError(f"--image has {t.shape[0]} channels; the model needs channels = {in_c}")
+        with Image.open(p) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise VitSpecError(
+                    f"--image {path!r}: {w}x{h} = {w * h:,} pixels is above --max-pixels {max_pixels:,}; "
+                    "shrink it or raise the limit"
+                )
+            arr = np.asarray(im.convert("RGB"), dtype=np.float64)
+    except VitSpecError:
+        raise
+    except Exception as e:  # PIL raises many types for a bad file (UnidentifiedImageError, OSError, ...)
+        raise VitSpecError(f"--image {path!r}: cannot read it as an image ({type(e).__name__}: {e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
+    t = torch.from_numpy(arr).permute(2, 0, 1)
+    if in_c == 1:
+        t = t.mean(0, keepdim=True)
     t = F.interpolate(t[None], size=(in_h, in_w), mode="bilinear", align_corners=False)[0]
     return (t - t.mean()) / (t.std() + 1e-12)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``vitspec attention-map`` arguments (the ``vitspec.cli`` registry calls this)."""
-    from .argtypes import seed_int
+    from .argtypes import output_path, positive_int, seed_int
 
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="PATH", help="a spec model saved with m.save(PATH) (.safetensors)")
     src.add_argument("--target", metavar="TARGET", help="a third-party ViT, as for `vitspec conform` (random init)")
     p.add_argument("--image", metavar="PATH", help="PNG/JPEG input (default: a seeded random image)")
     p.add_argument("--seed", type=seed_int, default=0, metavar="N", help="seed for the default image and model init")
-    p.add_argument("-o", "--output", default="attention.png", help="PNG to write (default attention.png)")
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=MAX_IMAGE_PIXELS,
+        metavar="N",
+        help=f"refuse an --image with more pixels than this, before decoding it (default {MAX_IMAGE_PIXELS:,})",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=output_path,
+        default="attention.png",
+        help="PNG to write ('-' = stdout; default attention.png)",
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -145,25 +186,32 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def spec_model_for_target(target: str, *, seed: int = 0) -> tuple[object, str]:
+    """``(spec model, name)`` for a third-party ViT target (random init), from the package that maps
+    third-party ViTs onto the spec: the ``vitspec.target_models`` entry point (:mod:`vitspec.plugins`;
+    ``conformance`` provides it), so ``vitspec`` itself imports no adapter code."""
+    from .plugins import TARGET_MODELS_GROUP, load_group
+
+    hooks, problems = load_group(TARGET_MODELS_GROUP)
+    if not hooks:
+        why = "; ".join(f"{k}: {v}" for k, v in problems.items()) or "none is installed"
+        raise VitSpecError(
+            f"--target needs a package that maps third-party ViTs onto the spec (entry-point group "
+            f"{TARGET_MODELS_GROUP!r}, e.g. conformance): {why}"
+        )
+    build = hooks[min(hooks)]  # one is expected; the first by name when there are several
+    return build(target, seed=seed)  # type: ignore[operator]
+
+
 def _model_from_args(args: argparse.Namespace) -> tuple[object, str]:
     if args.model:
-        from .io import load
+        from .models import load
 
         if not Path(args.model).is_file():
             raise VitSpecError(f"--model {args.model!r}: no such file")
         return load(args.model), Path(args.model).name
     if args.target:
-        from conformance.adapters import detect
-        from conformance.targets import build_target
-
-        from .models import ViTClsSpec, ViTSpec
-
-        lib_model, name = build_target(args.target, seed=args.seed)
-        adapter = detect(lib_model.eval())
-        d = adapter.describe()
-        cls = ViTClsSpec if d.variant == "cls" else ViTSpec
-        sd = adapter.to_spec({k: v.detach().double() for k, v in lib_model.named_parameters()})
-        return cls.from_state_dict(d.cfg, d.in_c, d.in_h, d.in_w, sd, profile=d.profile), name
+        return spec_model_for_target(args.target, seed=args.seed)
     from .config import ViTConfig
     from .models import ViTClsSpec
 
@@ -174,23 +222,27 @@ def _model_from_args(args: argparse.Namespace) -> tuple[object, str]:
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``vitspec attention-map``; bad input raises :class:`~vitspec.errors.VitSpecError`
     (or ``OSError``), which the CLI turns into one line and exit code 2."""
-    out = Path(args.output)
-    if out.is_dir():
-        raise VitSpecError(f"--output {args.output!r}: is a directory")
-    out.resolve().parent.mkdir(parents=True, exist_ok=True)  # an unwritable place fails now (OSError)
+    import importlib.util
+
+    from ._fs import check_writable
+
+    if importlib.util.find_spec("matplotlib") is None:  # before any work
+        raise VitSpecError("vitspec attention-map needs matplotlib: pip install 'vitspec[cli]'")
+    check_writable(args.output, "--output")  # also when run() is called without the parser's checks
     if args.image and not Path(args.image).is_file():
         raise VitSpecError(f"--image {args.image!r}: no such file")
     model, name = _model_from_args(args)
     in_c, in_h, in_w = model.in_c, model.in_h, model.in_w  # type: ignore[attr-defined]
     dtype = next(iter(model.state_dict().values())).dtype  # type: ignore[attr-defined]
     if args.image:
-        x = _load_image(args.image, in_c, in_h, in_w)
+        x = _load_image(args.image, in_c, in_h, in_w, getattr(args, "max_pixels", MAX_IMAGE_PIXELS))
     else:
         x = torch.randn(in_c, in_h, in_w, generator=torch.Generator().manual_seed(args.seed), dtype=torch.float64)
     x = x.to(dtype)
     cls_last, rollout = attention_maps(model, x)
     save_attention_png(x, cls_last, rollout, args.output, f"{name}: attention")
-    print(f"wrote {args.output}")
+    if args.output != "-":
+        print(f"wrote {args.output}")
     return 0
 
 

@@ -19,30 +19,35 @@ import copy as _copy
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from vitspec.config import ViTConfig
 from vitspec.errors import MappingError, VitSpecError
-from vitspec.profiles import Activation, Profile
+from vitspec.profiles import Profile
+from vitspec.schema import STAGES, Activation, Variant, param_keys, stage_names
+
+from .probe import PROBE_TOL, probe_activation, probe_layer_norm
 
 __all__ = [
-    "SUB_OPS",
     "Adapter",
     "CapturePoint",
     "Description",
+    "LowPrecision",
+    "PerLayer",
     "Rule",
     "RuleAdapter",
+    "Tap",
     "Unsupported",
     "activation_kind",
     "apply_rules",
     "as_vector",
     "check_layer_norm",
     "check_linear",
+    "consensus",
     "conv_geometry",
     "copy",
     "expected_stages",
@@ -50,8 +55,10 @@ __all__ = [
     "flatten_grid",
     "fused_qkv_rules",
     "identity_head",
+    "inp",
     "linear_rules",
     "norm_rules",
+    "out",
     "overridden",
     "raise_unsupported",
     "spec_keys",
@@ -61,9 +68,7 @@ __all__ = [
     "transpose",
 ]
 
-Variant = Literal["mean", "cls"]
-#: Sub-op stage suffixes in pre-norm forward order (post-norm runs attn, norm1, mlp, norm2).
-SUB_OPS = ("norm1", "attn", "norm2", "mlp")
+T = TypeVar("T")
 
 
 class Unsupported(VitSpecError):  # noqa: N818 -- name fixed by the contract
@@ -129,6 +134,7 @@ class Description:
     has_head: bool = True
     notes: tuple[str, ...] = ()
     synthetic: tuple[str, ...] = ()
+    precision: tuple[LowPrecision, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -143,32 +149,50 @@ def _identity(v: Any) -> Any:
 class CapturePoint:
     """Where a stage's tensor appears in the library model, and how to bring it to the spec layout.
 
-    ``kind="output"``: a forward hook; ``transform`` gets the module's output (which may be a
-    tuple, e.g. ``nn.MultiheadAttention``). ``kind="input"``: a forward-pre hook; ``transform``
-    gets the module's *first input* (first positional argument, else the first keyword value):
-    used where no module produces the stage's tensor (the pooled vector is the head's input).
-    Use :meth:`register` rather than hooking by hand so both kinds behave the same.
+    ``kind="output"``: the module's output (which may be a tuple, e.g. ``nn.MultiheadAttention``);
+    ``kind="input"``: the module's *first input* (first positional argument, else the first
+    keyword value), used where the stage's tensor is what a neighbour consumes (the pooled
+    vector is the head's input; ``blocks.0``'s input is the ``pos_embed`` output). ``where``
+    labels the point in reports. The hooks themselves live in :mod:`conformance.capture`.
     """
 
     module: nn.Module
     kind: Literal["output", "input"] = "output"
     transform: Callable[[Any], Tensor] = _identity
+    where: str = ""
 
-    def register(self, callback: Callable[[Tensor], None]) -> RemovableHandle:
-        """Hook ``self.module``; ``callback`` receives the transformed tensor on every forward."""
-        if self.kind == "output":
 
-            def out_hook(_m: nn.Module, _args: Any, output: Any) -> None:
-                callback(self.transform(output))
+@dataclass(frozen=True)
+class Tap:
+    """A row of an adapter's stage table: a module *path* on the model, output or input, a transform."""
 
-            return self.module.register_forward_hook(out_hook)
-        if self.kind == "input":
+    path: str
+    kind: Literal["output", "input"] = "output"
+    transform: Callable[[Any], Tensor] = _identity
 
-            def pre_hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-                callback(self.transform(args[0] if args else next(iter(kwargs.values()))))
 
-            return self.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-        raise ValueError(f"CapturePoint.kind must be 'output' or 'input', got {self.kind!r}")
+def out(path: str, transform: Callable[[Any], Tensor] = _identity) -> Tap:
+    """The output of the module at ``path``."""
+    return Tap(path, "output", transform)
+
+
+def inp(path: str, transform: Callable[[Any], Tensor] = _identity) -> Tap:
+    """The first input of the module at ``path`` (a neighbour that consumes the stage's tensor)."""
+    return Tap(path, "input", transform)
+
+
+@dataclass(frozen=True)
+class LowPrecision:
+    """Part of the model's forward that the model itself computes in a lower precision.
+
+    ``stages``: the stages (sub-ops) containing the op; ``op``: what runs in ``dtype`` and why.
+    The check judges those stages, and everything downstream of the first, with ``dtype``'s
+    budget (docs/tolerance.md, "Declared lower precision") and names the op in the report.
+    """
+
+    stages: tuple[str, ...]
+    dtype: str
+    op: str
 
 
 # -- capture transforms (named, so reports and docs can show them) ---------------------
@@ -362,37 +386,22 @@ def identity_head(embed_dim: int, like: Tensor) -> dict[str, Tensor]:
 
 # -- the spec side: keys and stages a description implies -----------------------------
 def spec_keys(desc: Description) -> list[str]:
-    """Spec state-dict keys a description implies (docs/architecture.md table), in table order."""
-    p = desc.profile
-    keys = ["patch_kernel", "patch_bias"]
-    if p.patch_embed == "linear_ln":
-        keys += ["patch_norm_in_gamma", "patch_norm_in_beta", "patch_norm_out_gamma", "patch_norm_out_beta"]
-    if desc.variant == "cls":
-        keys.append("cls_token")
-    keys.append("pos")
-    for i in range(desc.cfg.num_layers):
-        e = f"encoder.{i}"
-        keys += [f"{e}.mha.W{c}" for c in "qkvo"]
-        keys += [f"{e}.mha.b{c}" for c in "qkv"] if p.qkv_bias else []
-        keys += [f"{e}.mha.bo"] if p.out_bias else []
-        keys += [f"{e}.ffn.W1", f"{e}.ffn.b1", f"{e}.ffn.W2", f"{e}.ffn.b2"]
-        keys += [f"{e}.norm1_gamma", f"{e}.norm1_beta", f"{e}.norm2_gamma", f"{e}.norm2_beta"]
-    if p.final_norm != "none":
-        keys += ["final_norm_gamma", "final_norm_beta"]
-    if p.head_norm:
-        keys += ["head_norm_gamma", "head_norm_beta"]
-    return [*keys, "head_W", "head_b"]
+    """Spec state-dict keys a description implies (:func:`vitspec.schema.param_keys`), in state-dict order."""
+    return param_keys(desc.cfg.num_layers, variant=desc.variant, profile=desc.profile)
 
 
 def expected_stages(desc: Description) -> list[str]:
-    """Stage names (docs/architecture.md "Stages") a description implies, in forward order."""
-    names = ["patch_embed", "pos_embed"]
-    subs = SUB_OPS if desc.profile.norm_placement == "pre" else ("attn", "norm1", "mlp", "norm2")
-    for i in range(desc.cfg.num_layers):
-        names += [f"blocks.{i}.{s}" for s in subs] + [f"blocks.{i}"]
-    fn = desc.profile.final_norm
-    names += (["final_norm"] if fn == "before_pool" else []) + ["pool"] + (["final_norm"] if fn == "after_pool" else [])
-    return names + (["head"] if desc.has_head else [])
+    """The stages an adapter captures, in forward order (:func:`vitspec.schema.stage_names` with sub-ops,
+    without ``output``: the value the model returns needs no hook)."""
+    p = desc.profile
+    names = stage_names(
+        desc.cfg.num_layers,
+        final_norm=p.final_norm,
+        has_head=desc.has_head,
+        sub_ops=True,
+        norm_placement=p.norm_placement,
+    )
+    return [n for n in names if n != STAGES[-1].name]
 
 
 # -- model inspection helpers shared by the library adapters ----------------------------
@@ -433,9 +442,16 @@ def conv_geometry(conv: nn.Module, what: str, library: str) -> tuple[int, int, i
 
 
 def check_layer_norm(m: nn.Module, what: str, dim: int, library: str) -> float:
-    """The eps of an affine LayerNorm over the last axis of width ``dim``, or Unsupported."""
+    """The eps of an affine LayerNorm over the last axis of width ``dim``, or Unsupported.
+
+    An ``nn.LayerNorm`` (or subclass) is read; a module of any other class is *probed*
+    (:func:`~conformance.adapters.probe.probe_layer_norm`): what it computes decides, not its class.
+    """
     if not isinstance(m, nn.LayerNorm):
-        raise Unsupported(f"{what} is {type(m).__name__}, not a LayerNorm", library=library)
+        pr, eps = probe_layer_norm(m, dim)
+        if pr.match is None:
+            raise Unsupported(pr.describe(what, m) + " (the spec's norm: an affine LayerNorm)", library=library)
+        return eps
     if tuple(m.normalized_shape) != (dim,):
         raise Unsupported(f"{what} normalizes over {tuple(m.normalized_shape)}, not ({dim},)", library=library)
     if not m.elementwise_affine or m.weight is None or m.bias is None:
@@ -445,31 +461,55 @@ def check_layer_norm(m: nn.Module, what: str, dim: int, library: str) -> float:
     return float(m.eps)
 
 
-# Library activation classes by qualified name, so a library need not be importable to be checked.
-# transformers GELUActivation calls F.gelu (or an erf formula); NewGELUActivation and GELUTanh are
-# the tanh approximation; timm's GELU/GELUTanh wrap F.gelu. (transformers 5.23.0, timm 1.0.31.)
-_ACTIVATIONS: dict[str, Activation] = {
-    "timm.layers.activations.GELU": "gelu_erf",
-    "timm.layers.activations.GELUTanh": "gelu_tanh",
-    "transformers.activations.GELUActivation": "gelu_erf",
-    "transformers.activations.NewGELUActivation": "gelu_tanh",
-    "transformers.activations.GELUTanh": "gelu_tanh",
-    "transformers.activations.PytorchGELUTanh": "gelu_tanh",
-}
+def activation_kind(m: nn.Module, what: str, library: str) -> tuple[Activation, str]:
+    """``(profile activation, note)``: what ``m`` computes, found by probing it (never by its class).
+
+    The note is empty unless the probe saw something worth reporting (a backward that is not the
+    candidate's, which the gradient comparison will then show at this block). Unsupported when
+    the forward matches no spec activation (QuickGELU, SiLU, ...), naming the closest and its error.
+    """
+    pr = probe_activation(m)
+    if pr.match is None:
+        raise Unsupported(pr.describe(what, m) + " (spec activations: ReLU, GELU erf, GELU tanh)", library=library)
+    note = pr.describe(what, m) if pr.vjp_err is None or pr.vjp_err > PROBE_TOL else ""
+    return pr.match, note  # type: ignore[return-value]
 
 
-def activation_kind(m: nn.Module, what: str, library: str) -> Activation:
-    """The profile activation a module computes (exact types only: a subclass may change forward)."""
-    t = type(m)
-    if t is nn.GELU:
-        assert isinstance(m, nn.GELU)
-        return "gelu_erf" if m.approximate == "none" else "gelu_tanh"
-    if t is nn.ReLU:
-        return "relu"
-    kind = _ACTIVATIONS.get(f"{t.__module__}.{t.__qualname__}")
-    if kind is None:
-        raise Unsupported(f"{what} is {t.__name__} (spec activations: ReLU, GELU erf, GELU tanh)", library=library)
-    return kind
+@dataclass
+class PerLayer:
+    """What an adapter reads off *every* block: the eps of each norm and the activation by module path,
+    the shared head count, hidden width and bias flags, and notes (a probed module, an odd scale)."""
+
+    heads: int = 1
+    hidden: int = 1
+    eps: dict[str, float] = field(default_factory=dict)
+    act: dict[str, Activation] = field(default_factory=dict)
+    qkv_bias: bool = True
+    out_bias: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+def consensus(values: Mapping[str, T], default: T, what: str) -> tuple[T, list[str]]:
+    """``(value, notes)``: the value most layers share (a tie: ``default``), and one note per layer that differs.
+
+    Every layer is read (nothing is inferred from block 0); the profile holds one value, so a layer
+    that differs is expected to fail the comparison at that layer, and the note says so up front.
+    """
+    if not values:
+        return default, []
+    counts: dict[T, int] = {}
+    for v in values.values():
+        counts[v] = counts.get(v, 0) + 1
+    top = max(counts.values())
+    winners = [v for v, c in counts.items() if c == top]
+    value = default if default in winners else winners[0]
+    notes = [
+        f"{where}: {what} {v!r} differs from the other layers' {value!r}; the profile holds one {what}, "
+        f"so the comparison is expected to diverge at {where}"
+        for where, v in values.items()
+        if v != value
+    ]
+    return value, notes
 
 
 def check_linear(m: nn.Module, what: str, library: str, *, bias: bool | None = True) -> nn.Linear:
@@ -500,10 +540,13 @@ class Adapter(ABC):
     """One library's view of a ViT (docs/architecture.md, "Adapters").
 
     ``__init__`` keeps a deep copy of the model in eval mode (``copy=False`` uses the model
-    itself, and still switches it to eval): dropout off, hooks on our copy only.
+    itself, and still switches it to eval): dropout off, hooks on our copy only. A subclass
+    writes ``matches``, ``describe``, the tensor map and a *stage table* (:meth:`stage_paths`);
+    ``description`` (cached), ``capture_points``, ``run`` and ``ignored`` have defaults.
     """
 
     name: ClassVar[str]
+    _desc: Description | None = None
 
     def __init__(self, model: nn.Module, *, copy: bool = True) -> None:
         self.model: nn.Module = (_copy.deepcopy(model) if copy else model).eval()
@@ -515,7 +558,7 @@ class Adapter(ABC):
 
     @abstractmethod
     def describe(self) -> Description:
-        """Config, input size, variant and profile; raises :class:`Unsupported`."""
+        """Config, input size, variant and profile; raises :class:`Unsupported` listing every problem."""
 
     @abstractmethod
     def to_spec(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -525,13 +568,41 @@ class Adapter(ABC):
     def links(self) -> list[tuple[str, tuple[str, ...]]]:
         """``(library parameter name, spec keys it feeds)`` for every library parameter."""
 
-    @abstractmethod
-    def capture_points(self) -> dict[str, CapturePoint]:
-        """Stage (and sub-op) name -> hook on ``self.model``."""
+    def description(self) -> Description:
+        """:meth:`describe`, cached (it probes modules, so it is not free)."""
+        if self._desc is None:
+            self._desc = self.describe()
+        return self._desc
 
-    @abstractmethod
+    def stage_paths(self) -> Mapping[str, Tap | Sequence[Tap]]:
+        """The stage table: stage (and sub-op) name -> module path(s) on ``self.model``.
+
+        Several :class:`Tap` s are candidates in preference order: put the stage's *consumer*
+        first (``inp("blocks.1")`` for ``blocks.0``) and its own module next, so a library code
+        path that skips a module is still observed, through a neighbour.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no stage table (stage_paths)")
+
+    def capture_points(self) -> dict[str, tuple[CapturePoint, ...]]:
+        """:meth:`stage_paths` resolved to modules of ``self.model``."""
+        out: dict[str, tuple[CapturePoint, ...]] = {}
+        for stage, taps in self.stage_paths().items():
+            rows = [taps] if isinstance(taps, Tap) else list(taps)
+            out[stage] = tuple(
+                CapturePoint(self.model.get_submodule(t.path), t.kind, t.transform, f"{t.path or '<model>'} ({t.kind})")
+                for t in rows
+            )
+        return out
+
     def run(self, x: Tensor) -> Tensor:
-        """Logits of ``self.model`` for a batch ``(B, C, H, W)`` (pooled vector when ``has_head=False``)."""
+        """What the model returns for a batch ``(B, C, H, W)``: ``self.model(x)`` itself (every hook,
+        instance attribute and wrapper included), reduced to the logits (pooled vector when
+        ``has_head=False``) by the adapter's output extractor."""
+        return self.model(x)
+
+    def ignored(self) -> list[tuple[str, str]]:
+        """``(library parameter, why it is not compared)`` for the parameters deliberately left out."""
+        return []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__})"
@@ -544,7 +615,6 @@ class RuleAdapter(Adapter):
     ``to_spec`` and ``links`` follow. The description and the rules are computed once.
     """
 
-    _desc: Description | None = None
     _rules: list[Rule] | None = None
 
     @abstractmethod
@@ -554,12 +624,6 @@ class RuleAdapter(Adapter):
     def synthetic(self, like: Tensor) -> dict[str, Tensor]:
         """Spec keys with no library counterpart (``Description.synthetic``), as ``like``'s dtype/device."""
         return {}
-
-    def description(self) -> Description:
-        """:meth:`describe`, cached."""
-        if self._desc is None:
-            self._desc = self.describe()
-        return self._desc
 
     def rules(self) -> list[Rule]:
         """:meth:`key_map`, cached, and checked against the spec keys the description implies."""

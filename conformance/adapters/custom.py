@@ -18,7 +18,7 @@ adapters; ``run`` calls the model. Register the class with
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -79,31 +79,32 @@ class CustomAdapter(RuleAdapter):
         return cls.model_class is not None and isinstance(model, cls.model_class)
 
     @abstractmethod
-    def stages(self) -> Mapping[str, str | CapturePoint]:
-        """Stage name -> module path (hook its output) or a :class:`CapturePoint`."""
+    def stages(self) -> Mapping[str, str | CapturePoint | Sequence[str | CapturePoint]]:
+        """Stage name -> module path (its output), a :class:`CapturePoint`, or candidates in preference order."""
 
     def output(self, path: str, transform: Callable[[Any], Tensor] = _same) -> CapturePoint:
-        """A forward hook on the output of the module at ``path`` (``""`` is the model)."""
-        return CapturePoint(self.model.get_submodule(path), "output", transform)
+        """The output of the module at ``path`` (``""`` is the model)."""
+        return CapturePoint(self.model.get_submodule(path), "output", transform, f"{path or '<model>'} (output)")
 
     def input(self, path: str, transform: Callable[[Any], Tensor] = _same) -> CapturePoint:
-        """A forward-pre hook on the first input of the module at ``path`` (e.g. the pooled vector)."""
-        return CapturePoint(self.model.get_submodule(path), "input", transform)
+        """The first input of the module at ``path`` (e.g. the pooled vector is the head's input)."""
+        return CapturePoint(self.model.get_submodule(path), "input", transform, f"{path or '<model>'} (input)")
 
-    def capture_points(self) -> dict[str, CapturePoint]:
+    def capture_points(self) -> dict[str, tuple[CapturePoint, ...]]:
         """:meth:`stages` resolved to hooks, checked against the stages the description implies."""
         want = expected_stages(self.description())
         given = dict(self.stages())
         missing = [s for s in want if s not in given]
         unexpected = [s for s in given if s not in want]
         bad = []
-        pts: dict[str, CapturePoint] = {}
+        pts: dict[str, tuple[CapturePoint, ...]] = {}
         for s in want:
             if s not in given:
                 continue
             v = given[s]
+            cands: list[str | CapturePoint] = list(v) if isinstance(v, list | tuple) else [v]  # type: ignore[list-item]
             try:
-                pts[s] = v if isinstance(v, CapturePoint) else self.output(v)
+                pts[s] = tuple(c if isinstance(c, CapturePoint) else self.output(c) for c in cands)
             except AttributeError as err:
                 bad.append(f"{s}: {err}")
         if missing or unexpected or bad:
@@ -114,6 +115,3 @@ class CustomAdapter(RuleAdapter):
                 mismatched=bad,
             )
         return pts
-
-    def run(self, x: Tensor) -> Tensor:
-        return self.model(x)

@@ -33,25 +33,28 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from vitspec.config import ViTConfig
-from vitspec.profiles import PROFILES
+from vitspec.profiles import PROFILES, Activation
 
 from .base import (
-    SUB_OPS,
-    CapturePoint,
     Description,
+    LowPrecision,
     Rule,
     RuleAdapter,
+    Tap,
     Unsupported,
     activation_kind,
     as_vector,
     check_layer_norm,
     check_linear,
+    consensus,
     conv_geometry,
     copy,
     find_base,
     identity_head,
+    inp,
     linear_rules,
     norm_rules,
+    out,
     overridden,
     raise_unsupported,
     squeeze_to,
@@ -205,13 +208,23 @@ class HFAdapter(RuleAdapter):
         layers = self._layers()
         heads = int(config.num_attention_heads)
         hidden = layers[0].fc1.out_features if layers else int(config.intermediate_size)
+        eps_by: dict[str, float] = {}
+        act_by: dict[str, Activation] = {}
+        qkv_bias_by: dict[str, bool] = {}
+        notes: list[str] = []
         for i, lay in enumerate(layers):
             w = f"{self._prefix}{lay.path}"
             for part in ("norm1", "norm2"):
+                where = f"{self._prefix}{lay.names(part)[0]}"
                 try:
-                    check_layer_norm(getattr(lay, part), f"{self._prefix}{lay.names(part)[0]}", e, self.name)
+                    eps_by[where] = check_layer_norm(getattr(lay, part), where, e, self.name)
                 except Unsupported as err:
                     bad.append(err.reason)
+            try:  # every layer's own activation, judged by probing it
+                act_by[f"{w} activation"], note = activation_kind(lay.act, f"{w} activation", self.name)
+                notes += [note] if note else []
+            except Unsupported as err:
+                bad.append(err.reason)
             try:
                 for part in ("q", "k", "v"):
                     check_linear(getattr(lay, part), f"{self._prefix}{lay.names(part)[0]}", self.name, bias=None)
@@ -222,6 +235,7 @@ class HFAdapter(RuleAdapter):
                 continue
             if len({getattr(lay, p).bias is None for p in ("q", "k", "v")}) != 1:
                 bad.append(f"{w}: query/key/value disagree on biases")
+            qkv_bias_by[w] = lay.q.bias is not None
             if lay.head_dim * heads != e or lay.head_dim != e // heads:
                 bad.append(f"{w}: head_dim={lay.head_dim} with {heads} heads != hidden_size {e}")
             if lay.fc1.out_features != hidden:
@@ -229,9 +243,14 @@ class HFAdapter(RuleAdapter):
             if i and lay.new != layers[0].new:
                 bad.append(f"{w}: mixed 4.x/5.x layer layouts")
         try:
-            check_layer_norm(vit.layernorm, f"{self._prefix}layernorm", e, self.name)
+            eps_by[f"{self._prefix}layernorm"] = check_layer_norm(
+                vit.layernorm, f"{self._prefix}layernorm", e, self.name
+            )
         except Unsupported as err:
             bad.append(err.reason)
+        qkv_bias, _ = consensus(qkv_bias_by, bool(config.qkv_bias), "query/key/value bias")
+        bad += [f"{w}: query/key/value {'have' if v else 'lack'} biases, unlike the other layers"
+                for w, v in qkv_bias_by.items() if v != qkv_bias]  # fmt: skip
         has_head = self._classifier and not isinstance(m.classifier, nn.Identity)
         if (
             self._classifier
@@ -240,26 +259,25 @@ class HFAdapter(RuleAdapter):
         ):
             bad.append(f"classifier is {type(m.classifier).__name__}, not nn.Linear with bias")
         raise_unsupported(bad, self.name)
-        if layers:
-            l0 = layers[0]
-            eps = float(l0.norm1.eps)  # FIRST block only: later layers must differ visibly, numerically
-            act = activation_kind(l0.act, f"{self._prefix}{l0.path} activation ({config.hidden_act!r})", self.name)
-            qkv_bias, out_bias = l0.q.bias is not None, True
-        else:
-            eps, act, qkv_bias, out_bias = float(vit.layernorm.eps), "gelu_erf", bool(config.qkv_bias), True
-        profile = PROFILES["hf"].replace(
+        p0 = PROFILES["hf"]
+        eps, eps_notes = consensus(eps_by, float(config.layer_norm_eps), "LayerNorm eps")
+        act, act_notes = consensus(act_by, p0.activation, "activation")
+        profile = p0.replace(
             ln_eps=eps,
             activation=act,
             qkv_bias=qkv_bias,
-            out_bias=out_bias,
+            out_bias=True,
             source=f"transformers {type(m).__name__} (hidden_act={config.hidden_act!r})",
         )
         cfg = ViTConfig(
             ph, pw, stride, padding, e, hidden, heads, len(layers), m.classifier.out_features if has_head else e
         )
-        notes = [f"attention as shipped: attn_implementation={getattr(config, '_attn_implementation', None)!r}"]
-        if getattr(config, "_attn_implementation", None) == "eager":
-            notes.append("eager attention computes the softmax in float32 even for float64 inputs")
+        impl = getattr(config, "_attn_implementation", None)
+        notes = [f"attention as shipped: attn_implementation={impl!r}", *eps_notes, *act_notes, *notes]
+        precision: tuple[LowPrecision, ...] = ()
+        if impl == "eager":  # eager_attention_forward: softmax(..., dtype=torch.float32).to(query.dtype)
+            op = "the attention softmax (HF eager attention: softmax(dtype=torch.float32))"
+            precision = (LowPrecision(tuple(f"blocks.{i}.attn" for i in range(len(layers))), "float32", op),)
         if not has_head:
             notes.append("no classifier: the spec head is the identity; compared up to the pooled CLS vector")
         for r in self._ignored_rules():
@@ -276,6 +294,7 @@ class HFAdapter(RuleAdapter):
             has_head=has_head,
             notes=tuple(notes),
             synthetic=() if has_head else ("head_W", "head_b"),
+            precision=precision,
         )
 
     def _ignored_rules(self) -> list[Rule]:
@@ -342,30 +361,30 @@ class HFAdapter(RuleAdapter):
         return identity_head(self.description().cfg.embed_dim, like)
 
     # -- stages ----------------------------------------------------------------------------
-    def capture_points(self) -> dict[str, CapturePoint]:
+    def stage_paths(self) -> dict[str, list[Tap]]:
         d = self.description()
-        vit = self._vit
-        pts = {
-            "patch_embed": CapturePoint(vit.embeddings.patch_embeddings),
-            "pos_embed": CapturePoint(vit.embeddings),
+        p = self._prefix
+        layers = [f"{p}{lay.path}" for lay in self._layers()]
+        new = [lay.new for lay in self._layers()]
+        after = [*layers[1:], f"{p}layernorm"]  # who consumes each layer's output
+        t: dict[str, list[Tap]] = {
+            "patch_embed": [out(f"{p}embeddings.patch_embeddings")],
+            "pos_embed": [inp(layers[0] if layers else f"{p}layernorm"), out(f"{p}embeddings")],
         }
-        for i, lay in enumerate(self._layers()):
-            subs = {
-                "norm1": CapturePoint(lay.norm1),
-                "attn": CapturePoint(lay.attn, "output", take0),  # (output, weights); no residual inside
-                "norm2": CapturePoint(lay.norm2),
-                "mlp": CapturePoint(lay.mlp_out),
-            }
-            pts.update({f"blocks.{i}.{s}": subs[s] for s in SUB_OPS})
-            pts[f"blocks.{i}"] = CapturePoint(lay.module, "output", take0)  # 4.x layers return a tuple
-        pts["final_norm"] = CapturePoint(vit.layernorm)
-        if self._classifier:
-            pts["pool"] = CapturePoint(self.model.classifier, "input")  # type: ignore[arg-type]
-        else:
-            pts["pool"] = CapturePoint(vit.layernorm, "output", _cls_row)
+        for i, b in enumerate(layers):
+            s = f"blocks.{i}"
+            # 5.x: ViTMLP is the FFN; 4.x: ViTIntermediate + ViTOutput, whose dense output precedes the residual.
+            ffn_in, ffn_out = (f"{b}.mlp", f"{b}.mlp") if new[i] else (f"{b}.intermediate", f"{b}.output.dense")
+            t[f"{s}.norm1"] = [inp(f"{b}.attention"), out(f"{b}.layernorm_before")]
+            t[f"{s}.attn"] = [out(f"{b}.attention", take0)]  # (output, weights); no residual inside
+            t[f"{s}.norm2"] = [inp(ffn_in), out(f"{b}.layernorm_after")]
+            t[f"{s}.mlp"] = [out(ffn_out)]
+            t[s] = [inp(after[i]), out(b, take0)]  # 4.x layers return a tuple
+        t["final_norm"] = [out(f"{p}layernorm")]
+        t["pool"] = [inp("classifier")] if self._classifier else [out(f"{p}layernorm", _cls_row)]
         if d.has_head:
-            pts["head"] = CapturePoint(self.model.classifier)  # type: ignore[arg-type]
-        return pts
+            t["head"] = [out("classifier")]
+        return t
 
     def run(self, x: Tensor) -> Tensor:
         out = self.model(pixel_values=x)

@@ -30,23 +30,26 @@ from vitspec.config import ViTConfig
 from vitspec.profiles import PROFILES, FinalNorm, Pooling
 
 from .base import (
-    SUB_OPS,
-    CapturePoint,
     Description,
+    PerLayer,
     Rule,
     RuleAdapter,
+    Tap,
     Unsupported,
     activation_kind,
     as_vector,
     check_layer_norm,
     check_linear,
+    consensus,
     conv_geometry,
     copy,
     find_base,
     fused_qkv_rules,
     identity_head,
+    inp,
     linear_rules,
     norm_rules,
+    out,
     overridden,
     raise_unsupported,
     squeeze_to,
@@ -78,12 +81,9 @@ class TimmAdapter(RuleAdapter):
         return find_base(model, *_VIT) is not None
 
     # -- description -------------------------------------------------------------------
-    def _fail(self, problems: list[str]) -> None:
-        raise_unsupported(problems, self.name)
-
     def describe(self) -> Description:
         m: Any = self.model
-        bad: list[str] = []
+        bad: list[str] = []  # every problem, reported at once (Unsupported lists them all)
         base = find_base(m, *_VIT)
         assert base is not None
         if type(m) is not base:
@@ -103,20 +103,8 @@ class TimmAdapter(RuleAdapter):
         if not isinstance(m.norm_pre, nn.Identity):
             bad.append("pre_norm=True (norm_pre LayerNorm before the blocks)")
         # Patch embedding.
-        pe = m.patch_embed
-        if not _is(pe, _PATCH):
-            bad.append(f"patch embedding {type(pe).__name__} (only timm PatchEmbed, a single conv)")
-        elif not isinstance(pe.norm, nn.Identity):
-            bad.append("patch_embed.norm (a norm after the patch embedding)")
-        elif not getattr(pe, "flatten", True):
-            bad.append("patch_embed without flatten (NHWC output)")
-        self._fail(bad)
-        e, in_c, ph, pw, stride, padding = conv_geometry(pe.proj, "patch_embed.proj", self.name)
-        if pe.img_size is None:
-            raise Unsupported("patch_embed.img_size is None (no fixed input size)", library=self.name)
-        in_h, in_w = (int(v) for v in pe.img_size)
-        if getattr(pe, "dynamic_img_pad", False) and (in_h % ph or in_w % pw):
-            bad.append("dynamic_img_pad with an image not divisible by the patch (right/bottom padding)")
+        e = int(m.embed_dim)
+        geometry = self._patch_geometry(m.patch_embed, bad)
         # Pooling and final norm.
         gp = m.global_pool
         if getattr(m, "attn_pool", None) is not None:
@@ -133,34 +121,32 @@ class TimmAdapter(RuleAdapter):
         has_head = not isinstance(m.head, nn.Identity)
         if has_head and not (isinstance(m.head, nn.Linear) and m.head.bias is not None):
             bad.append(f"head is {type(m.head).__name__}, not nn.Linear with bias")
-        # Blocks (structure is checked in every block; numerics come from the first, see profile).
+        # Blocks: structure, and every block's own numerics (nothing inferred from block 0).
         blocks = list(m.blocks)
-        heads, hidden = self._check_blocks(blocks, e, bad)
-        self._fail(bad)
+        per_layer = self._read_blocks(blocks, e, bad)
+        for what, mod, on in (("norm", m.norm, norm_on), ("fc_norm", m.fc_norm, fc_norm_on)):
+            if on:
+                try:
+                    per_layer.eps[what] = check_layer_norm(mod, what, e, self.name)
+                except Unsupported as err:
+                    bad.append(err.reason)
+        raise_unsupported(bad, self.name)
+        assert geometry is not None
+        in_c, ph, pw, stride, padding, in_h, in_w = geometry
 
+        p0 = PROFILES["timm"]
+        eps, notes = consensus(per_layer.eps, p0.ln_eps, "LayerNorm eps")
+        act, act_notes = consensus(per_layer.act, p0.activation, "activation")
+        notes += act_notes + per_layer.notes
         final_norm: FinalNorm = "before_pool" if norm_on else "after_pool" if fc_norm_on else "none"
-        for what, mod in (("norm", m.norm), ("fc_norm", m.fc_norm)):
-            if not isinstance(mod, nn.Identity):
-                check_layer_norm(mod, what, e, self.name)
         cls_token = m.cls_token is not None
         pooling: Pooling = "token" if gp == "token" else "mean_all" if m.pool_include_prefix and cls_token else "mean"
-        # eps and activation from the FIRST block only: a later layer that differs must show up
-        # in the numeric comparison, not be absorbed into the profile.
-        if blocks:
-            eps = float(blocks[0].norm1.eps)
-            act = activation_kind(blocks[0].mlp.act, "blocks.0.mlp.act", self.name)
-            qkv_bias = blocks[0].attn.qkv.bias is not None
-            out_bias = blocks[0].attn.proj.bias is not None
-        else:  # an empty encoder: nothing to read, keep timm's defaults
-            p0 = PROFILES["timm"]
-            eps = float(m.norm.eps) if norm_on else float(m.fc_norm.eps) if fc_norm_on else p0.ln_eps
-            act, qkv_bias, out_bias = p0.activation, p0.qkv_bias, p0.out_bias
-        profile = PROFILES["timm"].replace(
+        profile = p0.replace(
             final_norm=final_norm,
             ln_eps=eps,
             activation=act,
-            qkv_bias=qkv_bias,
-            out_bias=out_bias,
+            qkv_bias=per_layer.qkv_bias if blocks else p0.qkv_bias,
+            out_bias=per_layer.out_bias if blocks else p0.out_bias,
             pooling=pooling,
             source=f"timm VisionTransformer (global_pool={gp!r}, class_token={cls_token})",
         )
@@ -170,17 +156,19 @@ class TimmAdapter(RuleAdapter):
             stride=stride,
             padding=padding,
             embed_dim=e,
-            hidden_dim=hidden,
-            head_count=heads,
+            hidden_dim=per_layer.hidden,
+            head_count=per_layer.heads,
             num_layers=len(blocks),
             num_classes=m.head.out_features if has_head else e,
         )
-        notes = []
         if blocks:
             fused = bool(getattr(blocks[0].attn, "fused_attn", False))
-            notes.append(
+            notes.insert(
+                0,
                 "attention as shipped: "
-                + ("F.scaled_dot_product_attention (fused_attn=True)" if fused else "manual softmax (fused_attn=False)")
+                + (
+                    "F.scaled_dot_product_attention (fused_attn=True)" if fused else "manual softmax (fused_attn=False)"
+                ),
             )
         if not has_head:
             notes.append("num_classes=0: no classifier; the spec head is the identity, logits = pooled features")
@@ -198,10 +186,36 @@ class TimmAdapter(RuleAdapter):
             synthetic=() if has_head else ("head_W", "head_b"),
         )
 
-    def _check_blocks(self, blocks: list[Any], e: int, bad: list[str]) -> tuple[int, int]:
-        """Structural checks of every block; returns ``(num_heads, mlp hidden width)`` of block 0."""
-        heads = blocks[0].attn.num_heads if blocks and hasattr(blocks[0], "attn") else 1
-        hidden = blocks[0].mlp.fc1.out_features if blocks and hasattr(getattr(blocks[0], "mlp", None), "fc1") else 1
+    def _patch_geometry(self, pe: Any, bad: list[str]) -> tuple[int, int, int, int, int, int, int] | None:
+        """``(in_c, patch_h, patch_w, stride, padding, in_h, in_w)``, or ``None`` with the problems in ``bad``."""
+        if not _is(pe, _PATCH):
+            bad.append(f"patch embedding {type(pe).__name__} (only timm PatchEmbed, a single conv)")
+            return None
+        if not isinstance(pe.norm, nn.Identity):
+            bad.append("patch_embed.norm (a norm after the patch embedding)")
+        if not getattr(pe, "flatten", True):
+            bad.append("patch_embed without flatten (NHWC output)")
+        try:
+            _, in_c, ph, pw, stride, padding = conv_geometry(pe.proj, "patch_embed.proj", self.name)
+        except Unsupported as err:
+            bad.append(err.reason)
+            return None
+        if pe.img_size is None:
+            bad.append("patch_embed.img_size is None (no fixed input size)")
+            return None
+        in_h, in_w = (int(v) for v in pe.img_size)
+        if getattr(pe, "dynamic_img_pad", False) and (in_h % ph or in_w % pw):
+            bad.append("dynamic_img_pad with an image not divisible by the patch (right/bottom padding)")
+        return in_c, ph, pw, stride, padding, in_h, in_w
+
+    def _read_blocks(self, blocks: list[Any], e: int, bad: list[str]) -> PerLayer:
+        """Every block's structure and own numerics (eps of each norm, activation, biases, scale)."""
+        r = PerLayer(
+            heads=blocks[0].attn.num_heads if blocks and hasattr(blocks[0], "attn") else 1,
+            hidden=blocks[0].mlp.fc1.out_features if blocks and hasattr(getattr(blocks[0], "mlp", None), "fc1") else 1,
+        )
+        qkv_bias: dict[str, bool] = {}
+        out_bias: dict[str, bool] = {}
         for i, b in enumerate(blocks):
             w = f"blocks.{i}"
             if not _is(b, _BLOCK):
@@ -209,44 +223,79 @@ class TimmAdapter(RuleAdapter):
                 continue
             if not (isinstance(b.ls1, nn.Identity) and isinstance(b.ls2, nn.Identity)):
                 bad.append(f"{w}: layer scale (ls1/ls2, init_values)")
-            a = b.attn
-            if not _is(a, _ATTN):
-                bad.append(f"{w}.attn is {type(a).__name__} (only timm Attention)")
-            else:
-                if not (isinstance(a.q_norm, nn.Identity) and isinstance(a.k_norm, nn.Identity)):
-                    bad.append(f"{w}.attn: qk_norm (q_norm/k_norm)")
-                if not isinstance(getattr(a, "norm", nn.Identity()), nn.Identity):
-                    bad.append(f"{w}.attn: scale_attn_norm (a norm before proj)")
-                if getattr(a, "gate", None) is not None:
-                    bad.append(f"{w}.attn: gated attention")
-                if a.num_heads != heads:
-                    bad.append(f"{w}.attn: {a.num_heads} heads (block 0 has {heads})")
-                if a.num_heads * a.head_dim != e or a.head_dim != e // a.num_heads:
-                    bad.append(f"{w}.attn: head_dim={a.head_dim} with {a.num_heads} heads != embed_dim {e}")
-                try:
-                    check_linear(a.qkv, f"{w}.attn.qkv", self.name, bias=None)
-                    check_linear(a.proj, f"{w}.attn.proj", self.name, bias=None)
-                except Unsupported as err:
-                    bad.append(err.reason)
-            mlp = b.mlp
-            if not _is(mlp, _MLP):
-                bad.append(f"{w}.mlp is {type(mlp).__name__} (only a 2-layer Linear-act-Linear Mlp)")
-            else:
-                if not isinstance(mlp.norm, nn.Identity):
-                    bad.append(f"{w}.mlp: scale_mlp_norm (a norm inside the MLP)")
-                for fc in ("fc1", "fc2"):
-                    try:
-                        check_linear(getattr(mlp, fc), f"{w}.mlp.{fc}", self.name)
-                    except Unsupported as err:
-                        bad.append(err.reason + " (proj_bias=False)")
-                if isinstance(mlp.fc1, nn.Linear) and mlp.fc1.out_features != hidden:
-                    bad.append(f"{w}.mlp: hidden width {mlp.fc1.out_features} (block 0 has {hidden})")
             for n in ("norm1", "norm2"):
                 try:
-                    check_layer_norm(getattr(b, n), f"{w}.{n}", e, self.name)
+                    r.eps[f"{w}.{n}"] = check_layer_norm(getattr(b, n), f"{w}.{n}", e, self.name)
                 except Unsupported as err:
                     bad.append(err.reason)
-        return heads, hidden
+            self._read_attention(b.attn, w, e, r, bad, qkv_bias, out_bias)
+            self._read_mlp(b.mlp, w, r, bad)
+        if blocks:
+            r.qkv_bias = self._uniform(qkv_bias, "a qkv bias", bad)
+            r.out_bias = self._uniform(out_bias, "an output-projection bias", bad)
+        return r
+
+    def _read_attention(
+        self, a: Any, w: str, e: int, r: PerLayer, bad: list[str], qkv_bias: dict[str, bool], out_bias: dict[str, bool]
+    ) -> None:
+        if not _is(a, _ATTN):
+            bad.append(f"{w}.attn is {type(a).__name__} (only timm Attention)")
+            return
+        if not (isinstance(a.q_norm, nn.Identity) and isinstance(a.k_norm, nn.Identity)):
+            bad.append(f"{w}.attn: qk_norm (q_norm/k_norm)")
+        if not isinstance(getattr(a, "norm", nn.Identity()), nn.Identity):
+            bad.append(f"{w}.attn: scale_attn_norm (a norm before proj)")
+        if getattr(a, "gate", None) is not None:
+            bad.append(f"{w}.attn: gated attention")
+        if a.num_heads != r.heads:
+            bad.append(f"{w}.attn: {a.num_heads} heads (block 0 has {r.heads})")
+        if a.num_heads * a.head_dim != e or a.head_dim != e // a.num_heads:
+            bad.append(f"{w}.attn: head_dim={a.head_dim} with {a.num_heads} heads != embed_dim {e}")
+        # The manual path multiplies by self.scale; the fused one uses 1/sqrt(head_dim) regardless.
+        scale = float(getattr(a, "scale", a.head_dim**-0.5))
+        if not getattr(a, "fused_attn", False) and abs(scale - a.head_dim**-0.5) > 1e-12 * a.head_dim**-0.5:
+            r.notes.append(
+                f"{w}.attn: scale {scale!r} is not 1/sqrt(head_dim) = {a.head_dim**-0.5!r}; "
+                f"the comparison is expected to diverge at {w}.attn"
+            )
+        try:
+            check_linear(a.qkv, f"{w}.attn.qkv", self.name, bias=None)
+            check_linear(a.proj, f"{w}.attn.proj", self.name, bias=None)
+        except Unsupported as err:
+            bad.append(err.reason)
+            return
+        qkv_bias[f"{w}.attn.qkv"] = a.qkv.bias is not None
+        out_bias[f"{w}.attn.proj"] = a.proj.bias is not None
+
+    def _read_mlp(self, mlp: Any, w: str, r: PerLayer, bad: list[str]) -> None:
+        if not _is(mlp, _MLP):
+            bad.append(f"{w}.mlp is {type(mlp).__name__} (only a 2-layer Linear-act-Linear Mlp)")
+            return
+        if not isinstance(mlp.norm, nn.Identity):
+            bad.append(f"{w}.mlp: scale_mlp_norm (a norm inside the MLP)")
+        for fc in ("fc1", "fc2"):
+            try:
+                check_linear(getattr(mlp, fc), f"{w}.mlp.{fc}", self.name)
+            except Unsupported as err:
+                bad.append(err.reason + " (proj_bias=False)")
+        if isinstance(mlp.fc1, nn.Linear) and mlp.fc1.out_features != r.hidden:
+            bad.append(f"{w}.mlp: hidden width {mlp.fc1.out_features} (block 0 has {r.hidden})")
+        try:
+            r.act[f"{w}.mlp.act"], note = activation_kind(mlp.act, f"{w}.mlp.act", self.name)
+        except Unsupported as err:
+            bad.append(err.reason)
+            return
+        if note:
+            r.notes.append(note)
+
+    @staticmethod
+    def _uniform(values: dict[str, bool], what: str, bad: list[str]) -> bool:
+        """The one value every block shares; a block that differs is named (the profile has one flag)."""
+        value, _ = consensus(values, True, what)
+        bad += [
+            f"{k}: {'has' if v else 'lacks'} {what}, unlike the other blocks" for k, v in values.items() if v != value
+        ]
+        return value
 
     # -- tensors -----------------------------------------------------------------------
     def key_map(self) -> list[Rule]:
@@ -282,26 +331,31 @@ class TimmAdapter(RuleAdapter):
         return identity_head(self.description().cfg.embed_dim, like)
 
     # -- stages ------------------------------------------------------------------------
-    def capture_points(self) -> dict[str, CapturePoint]:
+    def stage_paths(self) -> dict[str, list[Tap]]:
         d = self.description()
-        m: Any = self.model
-        pts = {"patch_embed": CapturePoint(m.patch_embed), "pos_embed": CapturePoint(m.pos_drop)}
-        for i, b in enumerate(m.blocks):
-            subs = {"norm1": b.norm1, "attn": b.attn, "norm2": b.norm2, "mlp": b.mlp}
-            pts.update({f"blocks.{i}.{s}": CapturePoint(subs[s]) for s in SUB_OPS})
-            pts[f"blocks.{i}"] = CapturePoint(b)
+        n = d.cfg.num_layers
+        # The final norm is always called (Identity when unused): its input is the last block's output.
+        after = [f"blocks.{i + 1}" if i + 1 < n else "norm" for i in range(n)]
+        t: dict[str, list[Tap]] = {
+            "patch_embed": [out("patch_embed")],
+            "pos_embed": [inp("blocks.0" if n else "norm"), out("pos_drop")],
+        }
+        for i in range(n):
+            b = f"blocks.{i}"
+            t[f"{b}.norm1"] = [inp(f"{b}.attn"), out(f"{b}.norm1")]
+            t[f"{b}.attn"] = [out(f"{b}.attn")]
+            t[f"{b}.norm2"] = [inp(f"{b}.mlp"), out(f"{b}.norm2")]
+            t[f"{b}.mlp"] = [out(f"{b}.mlp")]
+            t[b] = [inp(after[i]), out(b)]
         if d.profile.final_norm == "before_pool":
-            pts["final_norm"] = CapturePoint(m.norm)
+            t["final_norm"] = [out("norm")]
         # fc_norm is always called (Identity when unused), so its input is the pooled vector.
-        pts["pool"] = CapturePoint(m.fc_norm, "input")
+        t["pool"] = [inp("fc_norm")]
         if d.profile.final_norm == "after_pool":
-            pts["final_norm"] = CapturePoint(m.fc_norm)
+            t["final_norm"] = [inp("head_drop"), out("fc_norm")]
         if d.has_head:
-            pts["head"] = CapturePoint(m.head)
-        return pts
-
-    def run(self, x: Tensor) -> Tensor:
-        return self.model(x)
+            t["head"] = [out("head")]
+        return t
 
 
 def _model_name(m: Any) -> str:

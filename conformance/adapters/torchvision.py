@@ -23,29 +23,32 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from torch import Tensor, nn
+from torch import nn
 
 from vitspec.config import ViTConfig
 from vitspec.profiles import PROFILES
 
 from .base import (
-    SUB_OPS,
-    CapturePoint,
     Description,
+    PerLayer,
     Rule,
     RuleAdapter,
+    Tap,
     Unsupported,
     activation_kind,
     as_vector,
     check_layer_norm,
     check_linear,
+    consensus,
     conv_geometry,
     copy,
     find_base,
     flatten_grid,
     fused_qkv_rules,
+    inp,
     linear_rules,
     norm_rules,
+    out,
     overridden,
     raise_unsupported,
     squeeze_to,
@@ -91,26 +94,28 @@ class TorchvisionAdapter(RuleAdapter):
         elif not (isinstance(heads_seq.head, nn.Linear) and heads_seq.head.bias is not None):
             bad.append(f"heads.head is {type(heads_seq.head).__name__}, not nn.Linear with bias")
         if not _is(m.encoder, "Encoder"):
-            bad.append(f"encoder is {type(m.encoder).__name__} (only torchvision Encoder)")
-        self._fail(bad)
-        e, in_c, ph, pw, stride, padding = conv_geometry(m.conv_proj, "conv_proj", self.name)
+            raise_unsupported([*bad, f"encoder is {type(m.encoder).__name__} (only torchvision Encoder)"], self.name)
+        e = int(m.hidden_dim)
+        geometry = (0,) * 6
+        if isinstance(m.conv_proj, nn.Conv2d):
+            try:
+                geometry = conv_geometry(m.conv_proj, "conv_proj", self.name)
+            except Unsupported as err:
+                bad.append(err.reason)
         layers = self._layers()
-        heads, hidden = self._check_layers(layers, e, bad)
+        r = self._check_layers(layers, e, bad)
         try:
-            check_layer_norm(m.encoder.ln, "encoder.ln", e, self.name)
+            r.eps["encoder.ln"] = check_layer_norm(m.encoder.ln, "encoder.ln", e, self.name)
         except Unsupported as err:
             bad.append(err.reason)
-        self._fail(bad)
-        if layers:
-            l0 = layers[0][1]
-            eps = float(l0.ln_1.eps)  # FIRST block only: later layers must differ visibly, numerically
-            act = activation_kind(l0.mlp[1], f"encoder.layers.{layers[0][0]}.mlp.1", self.name)
-            qkv_bias = l0.self_attention.in_proj_bias is not None
-            out_bias = l0.self_attention.out_proj.bias is not None
-        else:
-            p0 = PROFILES["torchvision"]
-            eps, act, qkv_bias, out_bias = float(m.encoder.ln.eps), p0.activation, p0.qkv_bias, p0.out_bias
-        profile = PROFILES["torchvision"].replace(ln_eps=eps, activation=act, qkv_bias=qkv_bias, out_bias=out_bias)
+        raise_unsupported(bad, self.name)
+        _, in_c, ph, pw, stride, padding = geometry
+        p0 = PROFILES["torchvision"]
+        eps, notes = consensus(r.eps, p0.ln_eps, "LayerNorm eps")
+        act, act_notes = consensus(r.act, p0.activation, "activation")
+        qkv_bias = r.qkv_bias if layers else p0.qkv_bias
+        profile = p0.replace(ln_eps=eps, activation=act, qkv_bias=qkv_bias, out_bias=qkv_bias)
+        heads, hidden = r.heads, r.hidden
         cfg = ViTConfig(ph, pw, stride, padding, e, hidden, heads, len(layers), m.heads.head.out_features)
         size = int(m.image_size)
         return Description(
@@ -122,15 +127,20 @@ class TorchvisionAdapter(RuleAdapter):
             in_w=size,
             variant="cls",
             profile=profile,
-            notes=("attention as shipped: nn.MultiheadAttention (may use the fused fast path in eval)",),
+            notes=(
+                "attention as shipped: nn.MultiheadAttention (may use the fused fast path in eval)",
+                *notes,
+                *act_notes,
+                *r.notes,
+            ),
         )
 
-    def _fail(self, problems: list[str]) -> None:
-        raise_unsupported(problems, self.name)
-
-    def _check_layers(self, layers: list[tuple[str, Any]], e: int, bad: list[str]) -> tuple[int, int]:
+    def _check_layers(self, layers: list[tuple[str, Any]], e: int, bad: list[str]) -> PerLayer:
+        """Every layer's structure and own numerics (eps of each norm, activation, biases)."""
         heads = layers[0][1].self_attention.num_heads if layers else 1
         hidden = layers[0][1].mlp[0].out_features if layers else 1
+        r = PerLayer(heads=heads, hidden=hidden)
+        biases: dict[str, bool] = {}
         for name, blk in layers:
             w = f"encoder.layers.{name}"
             if not _is(blk, "EncoderBlock"):
@@ -138,7 +148,7 @@ class TorchvisionAdapter(RuleAdapter):
                 continue
             for n in ("ln_1", "ln_2"):
                 try:
-                    check_layer_norm(getattr(blk, n), f"{w}.{n}", e, self.name)
+                    r.eps[f"{w}.{n}"] = check_layer_norm(getattr(blk, n), f"{w}.{n}", e, self.name)
                 except Unsupported as err:
                     bad.append(err.reason)
             a = blk.self_attention
@@ -157,6 +167,7 @@ class TorchvisionAdapter(RuleAdapter):
                     bad.append(f"{w}.self_attention: {a.num_heads} heads (layer 0 has {heads})")
                 if (a.in_proj_bias is None) != (a.out_proj.bias is None):
                     bad.append(f"{w}.self_attention: in_proj and out_proj biases disagree")
+                biases[f"{w}.self_attention"] = a.in_proj_bias is not None
             mlp = blk.mlp
             kinds = [type(x) for x in mlp] if isinstance(mlp, nn.Sequential) else []
             if len(kinds) != 5 or not (isinstance(mlp[0], nn.Linear) and isinstance(mlp[3], nn.Linear)):
@@ -171,7 +182,14 @@ class TorchvisionAdapter(RuleAdapter):
                     bad.append(err.reason)
             if mlp[0].out_features != hidden:
                 bad.append(f"{w}.mlp: hidden width {mlp[0].out_features} (layer 0 has {hidden})")
-        return heads, hidden
+            try:
+                r.act[f"{w}.mlp.1"], note = activation_kind(mlp[1], f"{w}.mlp.1", self.name)
+                r.notes += [note] if note else []
+            except Unsupported as err:
+                bad.append(err.reason)
+        r.qkv_bias, _ = consensus(biases, True, "attention biases")
+        bad += [f"{k}: {'has' if v else 'lacks'} biases unlike the rest" for k, v in biases.items() if v != r.qkv_bias]
+        return r
 
     def key_map(self) -> list[Rule]:
         d = self.description()
@@ -200,29 +218,25 @@ class TorchvisionAdapter(RuleAdapter):
         ]
         return rules
 
-    def capture_points(self) -> dict[str, CapturePoint]:
+    def stage_paths(self) -> dict[str, list[Tap]]:
         self.description()
-        m: Any = self.model
-        pts = {
-            "patch_embed": CapturePoint(m.conv_proj, "output", flatten_grid),
-            "pos_embed": CapturePoint(m.encoder.dropout),
+        paths = [f"encoder.layers.{name}" for name, _ in self._layers()]
+        after = [*paths[1:], "encoder.ln"]  # who consumes each layer's output
+        t: dict[str, list[Tap]] = {
+            "patch_embed": [out("conv_proj", flatten_grid)],
+            "pos_embed": [inp(paths[0] if paths else "encoder.ln"), out("encoder.dropout")],
         }
-        for i, (_, blk) in enumerate(self._layers()):
-            subs = {
-                "norm1": CapturePoint(blk.ln_1),
-                "attn": CapturePoint(blk.self_attention, "output", take0),
-                "norm2": CapturePoint(blk.ln_2),
-                "mlp": CapturePoint(blk.mlp),
-            }
-            pts.update({f"blocks.{i}.{s}": subs[s] for s in SUB_OPS})
-            pts[f"blocks.{i}"] = CapturePoint(blk)
-        pts["final_norm"] = CapturePoint(m.encoder.ln)
-        pts["pool"] = CapturePoint(m.heads, "input")
-        pts["head"] = CapturePoint(m.heads)
-        return pts
-
-    def run(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        for i, b in enumerate(paths):
+            s = f"blocks.{i}"
+            t[f"{s}.norm1"] = [inp(f"{b}.self_attention"), out(f"{b}.ln_1")]
+            t[f"{s}.attn"] = [out(f"{b}.self_attention", take0)]
+            t[f"{s}.norm2"] = [inp(f"{b}.mlp"), out(f"{b}.ln_2")]
+            t[f"{s}.mlp"] = [out(f"{b}.mlp")]
+            t[s] = [inp(after[i]), out(b)]
+        t["final_norm"] = [out("encoder.ln")]
+        t["pool"] = [inp("heads")]
+        t["head"] = [out("heads")]
+        return t
 
 
 # torchvision builders: (patch, layers, hidden) -> name; models carry no name of their own.

@@ -41,21 +41,24 @@ from vitspec.config import ViTConfig
 from vitspec.profiles import PROFILES, Pooling
 
 from .base import (
-    SUB_OPS,
-    CapturePoint,
     Description,
+    PerLayer,
     Rule,
     RuleAdapter,
+    Tap,
     Unsupported,
     activation_kind,
     as_vector,
     check_layer_norm,
     check_linear,
+    consensus,
     copy,
     find_base,
     fused_qkv_rules,
+    inp,
     linear_rules,
     norm_rules,
+    out,
     overridden,
     raise_unsupported,
     squeeze_to,
@@ -176,30 +179,26 @@ class VitPytorchAdapter(RuleAdapter):
         if not _is(tr, "Transformer"):
             self._fail([*bad, f"transformer is {type(tr).__name__} (only vit_pytorch.vit.Transformer)"])
         layers = list(tr.layers)
-        heads, hidden = self._check_layers(layers, e, bad)
+        r = self._check_layers(layers, e, bad)
         try:
-            check_layer_norm(tr.norm, "transformer.norm", e, self.name)
+            r.eps["transformer.norm"] = check_layer_norm(tr.norm, "transformer.norm", e, self.name)
         except Unsupported as err:
             bad.append(err.reason)
         self._fail(bad)
-        if layers:
-            attn0, ff0 = layers[0]
-            eps = float(attn0.norm.eps)  # FIRST block's first LayerNorm only (see module docs)
-            act = activation_kind(ff0.net[2], "transformer.layers.0.1.net.2", self.name)
-            qkv_bias, out_bias = attn0.to_qkv.bias is not None, attn0.to_out[0].bias is not None
-        else:
-            p0 = PROFILES["lucidrains"]
-            eps, act, qkv_bias, out_bias = float(tr.norm.eps), p0.activation, p0.qkv_bias, p0.out_bias
-        profile = PROFILES["lucidrains"].replace(
+        p0 = PROFILES["vit_pytorch"]
+        eps, eps_notes = consensus(r.eps, p0.ln_eps, "LayerNorm eps")
+        act, act_notes = consensus(r.act, p0.activation, "activation")
+        profile = p0.replace(
             ln_eps=eps,
             activation=act,
-            qkv_bias=qkv_bias,
-            out_bias=out_bias,
+            qkv_bias=r.qkv_bias if layers else p0.qkv_bias,
+            out_bias=r.out_bias if layers else p0.out_bias,
             pooling=pooling,
             source=f"vit_pytorch.ViT (pool={pool!r})",
         )
+        heads, hidden = r.heads, r.hidden
         cfg = ViTConfig(ph, pw, ph, 0, e, hidden, heads, len(layers), m.mlp_head.out_features)
-        notes = []
+        notes = [*eps_notes, *act_notes, *r.notes]
         if inferred:
             notes.append(f"input size inferred as a square {in_h}x{in_w} from the {patches}-row position table")
         if n_cls == 0:
@@ -216,8 +215,11 @@ class VitPytorchAdapter(RuleAdapter):
             notes=tuple(notes),
         )
 
-    def _check_layers(self, layers: list[Any], e: int, bad: list[str]) -> tuple[int, int]:
-        heads, hidden = 1, 1
+    def _check_layers(self, layers: list[Any], e: int, bad: list[str]) -> PerLayer:
+        """Every layer's structure and own numerics (eps of each norm, activation, biases, scale)."""
+        r = PerLayer()
+        qkv_bias: dict[str, bool] = {}
+        out_bias: dict[str, bool] = {}
         for i, layer in enumerate(layers):
             w = f"transformer.layers.{i}"
             if not (isinstance(layer, nn.ModuleList) and len(layer) == 2):
@@ -228,45 +230,67 @@ class VitPytorchAdapter(RuleAdapter):
             if not _is(attn, "Attention"):
                 bad.append(f"{w}.0 is {type(attn).__name__} (only vit_pytorch Attention; PreNorm-era layouts differ)")
             else:
-                if i == 0:
-                    heads = attn.heads
-                try:
-                    check_layer_norm(attn.norm, f"{w}.0.norm", e, self.name)
-                    check_linear(attn.to_qkv, f"{w}.0.to_qkv", self.name, bias=None)
-                except Unsupported as err:
-                    bad.append(err.reason)
-                inner = attn.to_qkv.out_features // 3
-                dim_head = inner // attn.heads if attn.heads else 0
-                if attn.heads != heads:
-                    bad.append(f"{w}.0: {attn.heads} heads (layer 0 has {heads})")
-                if dim_head * attn.heads != e:
-                    bad.append(
-                        f"{w}.0: dim_head * heads = {dim_head} * {attn.heads} != dim {e} (spec head width: dim//heads)"
-                    )
-                if isinstance(attn.to_out, nn.Identity):
-                    bad.append(f"{w}.0: no output projection (heads == 1 and dim_head == dim)")
-                else:
-                    try:
-                        check_linear(attn.to_out[0], f"{w}.0.to_out.0", self.name, bias=None)
-                    except Unsupported as err:
-                        bad.append(err.reason)
+                self._check_attention(attn, i, e, r, bad)
+                qkv_bias[f"{w}.0.to_qkv"] = attn.to_qkv.bias is not None
+                if not isinstance(attn.to_out, nn.Identity):
+                    out_bias[f"{w}.0.to_out.0"] = attn.to_out[0].bias is not None
             net: Any = getattr(ff, "net", None)
             if not _is(ff, "FeedForward") or not (isinstance(net, nn.Sequential) and len(net) == 6):
                 bad.append(f"{w}.1 is not FeedForward(LayerNorm, Linear, act, Dropout, Linear, Dropout)")
                 continue
             try:
-                check_layer_norm(net[0], f"{w}.1.net.0", e, self.name)
+                r.eps[f"{w}.1.net.0"] = check_layer_norm(net[0], f"{w}.1.net.0", e, self.name)
                 check_linear(net[1], f"{w}.1.net.1", self.name)
                 check_linear(net[4], f"{w}.1.net.4", self.name)
             except Unsupported as err:
                 bad.append(err.reason)
                 continue
+            try:
+                r.act[f"{w}.1.net.2"], note = activation_kind(net[2], f"{w}.1.net.2", self.name)
+                r.notes += [note] if note else []
+            except Unsupported as err:
+                bad.append(err.reason)
             width = int(getattr(net[1], "out_features", 0))
             if i == 0:
-                hidden = width
-            elif width != hidden:
-                bad.append(f"{w}.1: hidden width {width} (layer 0 has {hidden})")
-        return heads, hidden
+                r.hidden = width
+            elif width != r.hidden:
+                bad.append(f"{w}.1: hidden width {width} (layer 0 has {r.hidden})")
+        for flags, what in ((qkv_bias, "a qkv bias"), (out_bias, "an output bias")):
+            value, _ = consensus(flags, False, what)
+            bad += [f"{k}: {'has' if v else 'lacks'} {what} unlike the rest" for k, v in flags.items() if v != value]
+            if flags is qkv_bias:
+                r.qkv_bias = value
+            else:
+                r.out_bias = value
+        return r
+
+    def _check_attention(self, attn: Any, i: int, e: int, r: PerLayer, bad: list[str]) -> None:
+        w = f"transformer.layers.{i}"
+        if i == 0:
+            r.heads = attn.heads
+        try:
+            r.eps[f"{w}.0.norm"] = check_layer_norm(attn.norm, f"{w}.0.norm", e, self.name)
+            check_linear(attn.to_qkv, f"{w}.0.to_qkv", self.name, bias=None)
+        except Unsupported as err:
+            bad.append(err.reason)
+        inner = attn.to_qkv.out_features // 3
+        dim_head = inner // attn.heads if attn.heads else 0
+        if attn.heads != r.heads:
+            bad.append(f"{w}.0: {attn.heads} heads (layer 0 has {r.heads})")
+        if dim_head * attn.heads != e:
+            bad.append(f"{w}.0: dim_head * heads = {dim_head} * {attn.heads} != dim {e} (spec head width: dim//heads)")
+        elif dim_head and abs(float(attn.scale) - dim_head**-0.5) > 1e-12 * dim_head**-0.5:
+            r.notes.append(
+                f"{w}.0: scale {float(attn.scale)!r} is not 1/sqrt(dim_head) = {dim_head**-0.5!r}; "
+                f"the comparison is expected to diverge at blocks.{i}.attn"
+            )
+        if isinstance(attn.to_out, nn.Identity):
+            bad.append(f"{w}.0: no output projection (heads == 1 and dim_head == dim)")
+        else:
+            try:
+                check_linear(attn.to_out[0], f"{w}.0.to_out.0", self.name, bias=None)
+            except Unsupported as err:
+                bad.append(err.reason)
 
     def key_map(self) -> list[Rule]:
         d = self.description()
@@ -306,27 +330,24 @@ class VitPytorchAdapter(RuleAdapter):
         ]
         return rules
 
-    def capture_points(self) -> dict[str, CapturePoint]:
-        self.description()
-        m: Any = self.model
-        tr = m.transformer
-        layers = list(tr.layers)
-        pts = {"patch_embed": CapturePoint(m.to_patch_embedding), "pos_embed": CapturePoint(m.dropout)}
-        for i, (attn, ff) in enumerate(layers):
-            subs = {
-                "norm1": CapturePoint(attn.norm),
-                "attn": CapturePoint(attn),
-                "norm2": CapturePoint(ff.net[0]),
-                "mlp": CapturePoint(ff),
-            }
-            pts.update({f"blocks.{i}.{s}": subs[s] for s in SUB_OPS})
-            # The residual sum has no module: it is what the next layer (or the final norm) receives.
-            nxt = layers[i + 1][0] if i + 1 < len(layers) else tr.norm
-            pts[f"blocks.{i}"] = CapturePoint(nxt, "input")
-        pts["final_norm"] = CapturePoint(tr.norm)
-        pts["pool"] = CapturePoint(m.mlp_head, "input")
-        pts["head"] = CapturePoint(m.mlp_head)
-        return pts
-
-    def run(self, x: Tensor) -> Tensor:
-        return self.model(x)
+    def stage_paths(self) -> dict[str, list[Tap]]:
+        n = self.description().cfg.num_layers
+        lay = [f"transformer.layers.{i}" for i in range(n)]
+        # The residual sums run in Transformer.forward, not in a module: a layer's output is what
+        # the next layer's Attention (the last one: the final norm) receives.
+        after = [f"{p}.0" for p in lay[1:]] + ["transformer.norm"]
+        t: dict[str, list[Tap]] = {
+            "patch_embed": [out("to_patch_embedding")],
+            "pos_embed": [inp("transformer"), out("dropout")],
+        }
+        for i, b in enumerate(lay):
+            s = f"blocks.{i}"
+            t[f"{s}.norm1"] = [inp(f"{b}.0.to_qkv"), out(f"{b}.0.norm")]
+            t[f"{s}.attn"] = [out(f"{b}.0")]
+            t[f"{s}.norm2"] = [inp(f"{b}.1.net.1"), out(f"{b}.1.net.0")]
+            t[f"{s}.mlp"] = [out(f"{b}.1")]
+            t[s] = [inp(after[i])]
+        t["final_norm"] = [out("transformer"), out("transformer.norm")]
+        t["pool"] = [inp("mlp_head"), out("to_latent")]  # to_latent is an Identity between them
+        t["head"] = [out("mlp_head")]
+        return t

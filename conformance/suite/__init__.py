@@ -1,1 +1,1 @@
-"""The conformance suite: ``pytest --vit-target TARGET`` (see :mod:`conformance.plugin`)."""
+"""The conformance suite: ``pytest --vit-target TARGET`` (see :mod:`vitspec.pytest_plugin`)."""

@@ -3,16 +3,18 @@ and the encoder layer they share (see ``docs/architecture.md``)."""
 
 from .encoder import LayerCache, LayerOptions, LayerParams, encoder_layer, encoder_layer_backward
 from .grads import EncoderLayerGrads, FFNGrads, MHAGrads, ViTClsGrads, ViTGrads
-from .vit import MODES, ViTClsSpec, ViTSpec, config_violations, spec_param_shapes
+from .vit import MODES, ForwardCache, ViTBase, ViTClsSpec, ViTSpec, config_violations, load, spec_param_shapes
 
 __all__ = [
     "MODES",
     "EncoderLayerGrads",
     "FFNGrads",
+    "ForwardCache",
     "LayerCache",
     "LayerOptions",
     "LayerParams",
     "MHAGrads",
+    "ViTBase",
     "ViTClsGrads",
     "ViTClsSpec",
     "ViTGrads",
@@ -20,5 +22,6 @@ __all__ = [
     "config_violations",
     "encoder_layer",
     "encoder_layer_backward",
+    "load",
     "spec_param_shapes",
 ]

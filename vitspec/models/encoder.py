@@ -16,10 +16,10 @@ without a cache the backward recomputes this layer's forward first
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Literal
 
+import torch
 from torch import Tensor
 
 from ..dims import Float, checked
@@ -38,6 +38,8 @@ from ..primitives import (
     relu,
     relu_backward,
 )
+from ..primitives.attention import HeadSplit, mha_inference
+from ..schema import Activation, NormPlacement, sub_op_order
 from .grads import EncoderLayerGrads, FFNGrads, MHAGrads
 
 __all__ = [
@@ -48,11 +50,11 @@ __all__ = [
     "encoder_layer_backward",
     "layer_backward",
     "layer_forward",
+    "sub_op_forward",
+    "sub_op_input",
     "sub_op_names",
 ]
 
-NormPlacement = Literal["post", "pre"]
-Activation = Literal["relu", "gelu_erf", "gelu_tanh"]
 
 _ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]] = {
     "relu": (relu, relu_backward),
@@ -62,8 +64,45 @@ _ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tens
 
 
 def sub_op_names(norm_placement: NormPlacement) -> tuple[str, ...]:
-    """The layer's captured sub-ops in execution order (so a capture dict lists them as they ran)."""
-    return ("attn", "norm1", "mlp", "norm2") if norm_placement == "post" else ("norm1", "attn", "norm2", "mlp")
+    """The layer's captured sub-ops in execution order (:func:`vitspec.schema.sub_op_order`)."""
+    return sub_op_order(norm_placement)
+
+
+def sub_op_input(name: str, x: Tensor, outputs: Mapping[str, Tensor], norm_placement: NormPlacement) -> Tensor | None:
+    """The input of sub-op ``name`` given the layer input ``x`` and the sub-op ``outputs`` before it.
+
+    The residual sums have no sub-op of their own, so they are rebuilt from their summands
+    (pre-norm ``norm2`` sees ``x + attn``; post-norm ``norm1`` sees ``x + attn``, ``norm2``
+    sees ``norm1 + mlp``). ``None`` when a needed output is missing. Used to check one
+    sub-op *in isolation* on another implementation's own intermediate tensors.
+    """
+    # What feeds each sub-op; two names are a residual sum (it has no sub-op of its own).
+    feeds: dict[str, tuple[str, ...]] = (
+        {"norm1": ("x",), "attn": ("norm1",), "norm2": ("x", "attn"), "mlp": ("norm2",)}
+        if norm_placement == "pre"
+        else {"attn": ("x",), "norm1": ("x", "attn"), "mlp": ("norm1",), "norm2": ("norm1", "mlp")}
+    )
+    values = {**outputs, "x": x}
+    parts = [values.get(k) for k in feeds[name]]
+    if any(t is None for t in parts):
+        return None
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]  # type: ignore[operator]
+
+
+def sub_op_forward(name: str, x: Tensor, p: LayerParams, opts: LayerOptions) -> Tensor:
+    """Sub-op ``name`` of a layer applied to its own input ``x`` (see :func:`sub_op_input`).
+
+    ``norm1`` / ``norm2``: the LayerNorm; ``attn``: the MHA (no residual); ``mlp``: the FFN
+    ``act(x W1 + b1) W2 + b2`` (no residual): the same primitives :func:`encoder_layer` chains.
+    """
+    if name in ("norm1", "norm2"):
+        g, b = (p.norm1_gamma, p.norm1_beta) if name == "norm1" else (p.norm2_gamma, p.norm2_beta)
+        return layer_norm(x, g, b, opts.eps)
+    if name == "attn":
+        return mha(x, p.Wq, p.Wk, p.Wv, p.Wo, p.bq, p.bk, p.bv, p.bo, heads=opts.heads, head_split=opts.head_split)[0]
+    if name == "mlp":
+        return linear(_ACTIVATIONS[opts.activation][0](linear(x, p.W1, p.b1)), p.W2, p.b2)
+    raise ValueError(f"unknown sub-op {name!r}; sub-ops: norm1, attn, norm2, mlp")
 
 
 @dataclass(frozen=True)
@@ -74,6 +113,8 @@ class LayerOptions:
     norm_placement: NormPlacement = "post"
     activation: Activation = "relu"
     eps: float = 1e-6
+    head_split: HeadSplit = "reshape_swap"  # Lean splitHeadsSpec of the profile's revision
+    lean_backward: bool = True  # MHA backward as the Lean writes it (see vitspec.primitives.attention)
 
 
 @dataclass
@@ -141,6 +182,7 @@ def encoder_layer(
     norm_placement: NormPlacement = "post",
     activation: Activation = "relu",
     eps: float = 1e-6,
+    head_split: HeadSplit = "reshape_swap",
     keep: bool = False,
     need_y: bool = True,
     capture: MutableMapping[str, Tensor] | None = None,
@@ -154,9 +196,17 @@ def encoder_layer(
     activation, so the second FFN matmul is skipped and ``y`` is ``None``.
     """
     act = _ACTIVATIONS[activation][0]
+    tensors = (x, Wq, Wk, Wv, Wo, W1, b1, W2, b2, norm1_gamma, norm1_beta, norm2_gamma, norm2_beta, bq, bk, bv, bo)
+    if not keep and capture is None and not _records_graph(tensors):
+        # Nothing is kept (no cache, no capture, no autograd graph): the forward-only path.
+        y = _layer_inference(
+            x, Wq, Wk, Wv, Wo, W1, b1, W2, b2, norm1_gamma, norm1_beta, norm2_gamma, norm2_beta, bq, bk, bv, bo,
+            heads=heads, norm_placement=norm_placement, act=act, eps=eps, head_split=head_split,
+        )  # fmt: skip
+        return y, None
     if norm_placement == "post":
         attn_in = x
-        a, attn = mha(attn_in, Wq, Wk, Wv, Wo, bq, bk, bv, bo, heads=heads)
+        a, attn = mha(attn_in, Wq, Wk, Wv, Wo, bq, bk, bv, bo, heads=heads, head_split=head_split)
         ln1_in = x + a
         h = layer_norm(ln1_in, norm1_gamma, norm1_beta, eps)
         n1 = h
@@ -164,7 +214,7 @@ def encoder_layer(
     else:
         ln1_in = x
         attn_in = n1 = layer_norm(x, norm1_gamma, norm1_beta, eps)
-        a, attn = mha(attn_in, Wq, Wk, Wv, Wo, bq, bk, bv, bo, heads=heads)
+        a, attn = mha(attn_in, Wq, Wk, Wv, Wo, bq, bk, bv, bo, heads=heads, head_split=head_split)
         h = x + a
         ffn_in = layer_norm(h, norm2_gamma, norm2_beta, eps)
     z = linear(ffn_in, W1, b1)
@@ -186,6 +236,50 @@ def encoder_layer(
     if not keep:
         return y, None
     return y, LayerCache(attn_in, attn, ln1_in, ffn_in, None if activation == "relu" else z, u, ln2_in)
+
+
+def _records_graph(tensors: tuple[Tensor | None, ...]) -> bool:
+    """Whether autograd records this call (then the forward must be the spec's own ops)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _layer_inference(
+    x: Tensor,
+    Wq: Tensor,
+    Wk: Tensor,
+    Wv: Tensor,
+    Wo: Tensor,
+    W1: Tensor,
+    b1: Tensor,
+    W2: Tensor,
+    b2: Tensor,
+    norm1_gamma: Tensor,
+    norm1_beta: Tensor,
+    norm2_gamma: Tensor,
+    norm2_beta: Tensor,
+    bq: Tensor | None,
+    bk: Tensor | None,
+    bv: Tensor | None,
+    bo: Tensor | None,
+    *,
+    heads: int,
+    norm_placement: NormPlacement,
+    act: Callable[[Tensor], Tensor],
+    eps: float,
+    head_split: HeadSplit,
+) -> Tensor:
+    """:func:`encoder_layer`'s ``y`` when nothing is kept: the same sums in the same order, with the
+    attention core fused (:func:`~vitspec.primitives.attention.mha_inference`) and each residual
+    added in place into the freshly made branch output (no extra tensor per sum)."""
+    if norm_placement == "post":
+        a = mha_inference(x, Wq, Wk, Wv, Wo, bq, bk, bv, bo, heads=heads, head_split=head_split)
+        h = layer_norm(a.add_(x), norm1_gamma, norm1_beta, eps)  # LN1(x + a)
+        f = linear(act(linear(h, W1, b1)), W2, b2)
+        return layer_norm(f.add_(h), norm2_gamma, norm2_beta, eps)  # LN2(h + f)
+    n1 = layer_norm(x, norm1_gamma, norm1_beta, eps)
+    h = mha_inference(n1, Wq, Wk, Wv, Wo, bq, bk, bv, bo, heads=heads, head_split=head_split).add_(x)  # x + a
+    f = linear(act(linear(layer_norm(h, norm2_gamma, norm2_beta, eps), W1, b1)), W2, b2)
+    return f.add_(h)  # h + f
 
 
 @checked
@@ -213,6 +307,8 @@ def encoder_layer_backward(
     norm_placement: NormPlacement = "post",
     activation: Activation = "relu",
     eps: float = 1e-6,
+    head_split: HeadSplit = "reshape_swap",
+    lean_backward: bool = True,
     cache: LayerCache | None = None,
 ) -> tuple[Float[Tensor, "*batch tokens embed_dim"], EncoderLayerGrads]:
     """``(dx, grads)`` for ``dy = ∂L/∂y``; parameter gradients summed over ``*batch``.
@@ -223,7 +319,8 @@ def encoder_layer_backward(
     if cache is None:
         _, cache = encoder_layer(
             x, Wq, Wk, Wv, Wo, W1, b1, W2, b2, norm1_gamma, norm1_beta, norm2_gamma, norm2_beta, bq, bk, bv, bo,
-            heads=heads, norm_placement=norm_placement, activation=activation, eps=eps, keep=True, need_y=False,
+            heads=heads, norm_placement=norm_placement, activation=activation, eps=eps, head_split=head_split,
+            keep=True, need_y=False,
         )  # fmt: skip
         assert cache is not None
     act_backward = _ACTIVATIONS[activation][1]
@@ -238,7 +335,10 @@ def encoder_layer_backward(
         return d_in, FFNGrads(dW1=dW1, dW2=dW2, db1=db1, db2=db2)
 
     def mha_bw(d_out: Tensor) -> tuple[Tensor, MHAGrads]:
-        d_in, g = mha_backward(cache.attn_in, Wq, Wk, Wv, Wo, d_out, bq, bk, bv, bo, heads=heads, cache=cache.attn)
+        d_in, g = mha_backward(
+            cache.attn_in, Wq, Wk, Wv, Wo, d_out, bq, bk, bv, bo,
+            heads=heads, cache=cache.attn, head_split=head_split, lean_backward=lean_backward,
+        )  # fmt: skip
         return d_in, MHAGrads(
             dWq=g["dWq"],
             dWk=g["dWk"],
@@ -293,7 +393,7 @@ def layer_forward(
         x, p.Wq, p.Wk, p.Wv, p.Wo, p.W1, p.b1, p.W2, p.b2,
         p.norm1_gamma, p.norm1_beta, p.norm2_gamma, p.norm2_beta, p.bq, p.bk, p.bv, p.bo,
         heads=opts.heads, norm_placement=opts.norm_placement, activation=opts.activation, eps=opts.eps,
-        keep=keep, capture=capture, prefix=prefix,
+        head_split=opts.head_split, keep=keep, capture=capture, prefix=prefix,
     )  # fmt: skip
     assert y is not None  # need_y is left True
     return y, cache
@@ -306,5 +406,6 @@ def layer_backward(
     return encoder_layer_backward(
         x, p.Wq, p.Wk, p.Wv, p.Wo, p.W1, p.b1, p.W2, p.b2,
         p.norm1_gamma, p.norm1_beta, p.norm2_gamma, p.norm2_beta, dy, p.bq, p.bk, p.bv, p.bo,
-        heads=opts.heads, norm_placement=opts.norm_placement, activation=opts.activation, eps=opts.eps, cache=cache,
+        heads=opts.heads, norm_placement=opts.norm_placement, activation=opts.activation, eps=opts.eps,
+        head_split=opts.head_split, lean_backward=opts.lean_backward, cache=cache,
     )  # fmt: skip

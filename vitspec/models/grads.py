@@ -13,7 +13,8 @@ Fields for parameters only some profiles have (biases, patch/final/head norms)
 default to ``None``. :meth:`ViTGrads.to_dict` maps a record to the spec's
 state-dict keys (``encoder.3.mha.dWq`` -> ``"encoder.3.mha.Wq"``) in state-dict
 order, so ``grads.to_dict().keys() == model.state_dict().keys()``;
-:meth:`ViTGrads.from_dict` is its inverse.
+:meth:`ViTGrads.from_dict` is its inverse. Which field holds which key, and which
+keys every model has, is read from the rows of :mod:`vitspec.schema` (``Param.grad``).
 """
 
 # The field names are Lean's (dWq, d_head_W), kept verbatim on purpose.
@@ -29,6 +30,7 @@ from typing import Any, ClassVar, TypeVar
 from torch import Tensor
 
 from ..errors import MappingError
+from ..schema import EMBED_PARAMS, HEAD_PARAMS, LAYER_PARAMS, Param
 
 __all__ = ["EncoderLayerGrads", "FFNGrads", "MHAGrads", "ViTClsGrads", "ViTGrads"]
 
@@ -50,19 +52,11 @@ class MHAGrads:
     dbk: Tensor | None = None
     dbv: Tensor | None = None
     dbo: Tensor | None = None
-
-    # state-dict suffix -> field, in state-dict order
-    KEYS: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("Wq", "dWq"),
-        ("Wk", "dWk"),
-        ("Wv", "dWv"),
-        ("Wo", "dWo"),
-        ("bq", "dbq"),
-        ("bk", "dbk"),
-        ("bv", "dbv"),
-        ("bo", "dbo"),
-    )
-    REQUIRED: ClassVar[frozenset[str]] = frozenset({"dWq", "dWk", "dWv", "dWo"})
+    # profile.qk_norm (a variation point): the per-head q/k norms' (head_dim,) parameters
+    dq_norm_gamma: Tensor | None = None
+    dq_norm_beta: Tensor | None = None
+    dk_norm_gamma: Tensor | None = None
+    dk_norm_beta: Tensor | None = None
 
 
 @dataclass
@@ -71,11 +65,10 @@ class FFNGrads:
 
     dW1: Tensor
     dW2: Tensor
-    db1: Tensor
-    db2: Tensor
-
-    KEYS: ClassVar[tuple[tuple[str, str], ...]] = (("W1", "dW1"), ("b1", "db1"), ("W2", "dW2"), ("b2", "db2"))
-    REQUIRED: ClassVar[frozenset[str]] = frozenset({"dW1", "dW2", "db1", "db2"})
+    db1: Tensor | None  # None under profile.ffn_bias=False (a variation point)
+    db2: Tensor | None
+    dWg: Tensor | None = None  # profile.ffn == "glu": the gate projection (a variation point)
+    dbg: Tensor | None = None
 
 
 @dataclass
@@ -85,43 +78,54 @@ class EncoderLayerGrads:
     mha: MHAGrads
     ffn: FFNGrads
     d_norm1_gamma: Tensor
-    d_norm1_beta: Tensor
+    d_norm1_beta: Tensor | None  # None under profile.norm="rms" (a variation point: RMSNorm has no beta)
     d_norm2_gamma: Tensor
-    d_norm2_beta: Tensor
-
-    NORM_KEYS: ClassVar[tuple[str, ...]] = ("norm1_gamma", "norm1_beta", "norm2_gamma", "norm2_beta")
+    d_norm2_beta: Tensor | None
+    d_ls1_gamma: Tensor | None = None  # profile.layer_scale (a variation point)
+    d_ls2_gamma: Tensor | None = None
 
     def items(self, prefix: str) -> Iterator[tuple[str, Tensor]]:
         """``(state-dict key, tensor)`` pairs in state-dict order, keys starting with ``prefix``."""
-        for key, name in MHAGrads.KEYS:
-            t = getattr(self.mha, name)
+        for row in LAYER_PARAMS:
+            t = _field(self, row.grad)
             if t is not None:
-                yield f"{prefix}mha.{key}", t
-        for key, name in FFNGrads.KEYS:
-            yield f"{prefix}ffn.{key}", getattr(self.ffn, name)
-        for key in self.NORM_KEYS:
-            yield f"{prefix}{key}", getattr(self, "d_" + key)
+                yield prefix + row.key, t
+
+    @classmethod
+    def from_keys(
+        cls, sub: dict[str, Tensor], prefix: str, *, variant: str
+    ) -> tuple[EncoderLayerGrads | None, list[str]]:
+        """The layer record from ``sub`` (keys relative to ``prefix``; consumed), and the keys every
+        ``variant`` model has that it lacks (with ``prefix``; the record is None then)."""
+        parts: dict[str, dict[str, Tensor | None]] = {name: {} for name in _LAYER_RECORDS}
+        parts[""] = {}
+        for row in LAYER_PARAMS:
+            record, _, name = row.grad.rpartition(".")
+            parts[record][name] = sub.pop(row.key, None)
+        missing = [prefix + r.key for r in LAYER_PARAMS if r.when.required(variant) and _field_in(parts, r) is None]
+        if missing:
+            return None, missing
+        # Every required entry was found above, so the None values are optional fields.
+        records = {name: rec(**parts[name]) for name, rec in _LAYER_RECORDS.items()}  # type: ignore[arg-type]
+        return cls(**records, **parts[""]), []  # type: ignore[arg-type]
 
 
-# Top-level fields of the ViT records in state-dict order: (state-dict key, field, required).
-# ``None`` marks where the encoder layers go.
-_TOP: tuple[tuple[str, str, bool] | None, ...] = (
-    ("patch_kernel", "d_patch_kernel", True),
-    ("patch_bias", "d_patch_bias", True),
-    ("patch_norm_in_gamma", "d_patch_norm_in_gamma", False),
-    ("patch_norm_in_beta", "d_patch_norm_in_beta", False),
-    ("patch_norm_out_gamma", "d_patch_norm_out_gamma", False),
-    ("patch_norm_out_beta", "d_patch_norm_out_beta", False),
-    ("cls_token", "d_cls_token", True),  # ViTClsGrads only
-    ("pos", "d_pos", True),
-    None,
-    ("final_norm_gamma", "d_final_norm_gamma", False),
-    ("final_norm_beta", "d_final_norm_beta", False),
-    ("head_norm_gamma", "d_head_norm_gamma", False),
-    ("head_norm_beta", "d_head_norm_beta", False),
-    ("head_W", "d_head_W", True),
-    ("head_b", "d_head_b", True),
-)
+#: The per-layer sub-records, by the prefix of ``Param.grad`` (``mha.dWq``).
+_LAYER_RECORDS: dict[str, type[MHAGrads] | type[FFNGrads]] = {"mha": MHAGrads, "ffn": FFNGrads}
+
+
+def _field(obj: object, path: str) -> Tensor | None:
+    """The value of a dotted field path (``mha.dWq``) of a grads record (None when absent)."""
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+    return obj  # type: ignore[return-value]
+
+
+def _field_in(parts: dict[str, dict[str, Tensor | None]], row: Param) -> Tensor | None:
+    record, _, name = row.grad.rpartition(".")
+    return parts[record][name]
+
+
 _LAYER_KEY = re.compile(r"^encoder\.(0|[1-9][0-9]*)\.(.+)$")
 
 
@@ -137,11 +141,11 @@ class ViTGrads:
     """
 
     d_patch_kernel: Tensor
-    d_patch_bias: Tensor
-    d_pos: Tensor
+    d_patch_bias: Tensor | None = None  # None only under profile.patch_bias=False (a variation point)
+    d_pos: Tensor | None = None  # None only without a learned table (profile.pos_embed)
     d_encoder: list[EncoderLayerGrads] = field(default_factory=list)
     d_head_W: Tensor
-    d_head_b: Tensor
+    d_head_b: Tensor | None = None  # None only under profile.head_bias=False
     d_patch_norm_in_gamma: Tensor | None = None
     d_patch_norm_in_beta: Tensor | None = None
     d_patch_norm_out_gamma: Tensor | None = None
@@ -150,22 +154,30 @@ class ViTGrads:
     d_final_norm_beta: Tensor | None = None
     d_head_norm_gamma: Tensor | None = None
     d_head_norm_beta: Tensor | None = None
+    # variation points (vitspec.primitives.variations)
+    d_dist_token: Tensor | None = None
+    d_reg_tokens: Tensor | None = None
+    d_pre_norm_gamma: Tensor | None = None
+    d_pre_norm_beta: Tensor | None = None
+    d_head_dist_W: Tensor | None = None
+    d_head_dist_b: Tensor | None = None
 
     variant: ClassVar[str] = "mean"
 
     def to_dict(self) -> dict[str, Tensor]:
         """Spec state-dict key -> gradient, in state-dict order; ``None`` fields are left out."""
         out: dict[str, Tensor] = {}
-        for entry in _TOP:
-            if entry is None:
-                for i, layer in enumerate(self.d_encoder):
-                    out.update(layer.items(f"encoder.{i}."))
-                continue
-            key, name, _ = entry
-            t = getattr(self, name, None)
-            if t is not None:
-                out[key] = t
+        out.update(self._items(EMBED_PARAMS))
+        for i, layer in enumerate(self.d_encoder):
+            out.update(layer.items(f"encoder.{i}."))
+        out.update(self._items(HEAD_PARAMS))
         return out
+
+    def _items(self, rows: tuple[Param, ...]) -> Iterator[tuple[str, Tensor]]:
+        for row in rows:
+            t = getattr(self, row.grad, None)
+            if t is not None:
+                yield row.key, t
 
     def __iter__(self) -> Iterator[tuple[str, Tensor]]:
         return iter(self.to_dict().items())
@@ -176,37 +188,30 @@ class ViTGrads:
 
         The layer count is read off the keys; layers must be numbered ``0..L-1`` without gaps.
         """
-        has_cls = cls.variant == "cls"
+        top_rows = [r for r in EMBED_PARAMS + HEAD_PARAMS if r.when.variant in (None, cls.variant)]
+        known = {r.key: r for r in top_rows}
         missing: list[str] = []
         unexpected: list[str] = []
         top: dict[str, Any] = {}
         layers: dict[int, dict[str, Tensor]] = {}
-        known = {e[0]: e for e in _TOP if e is not None}
         for key, t in d.items():
             m = _LAYER_KEY.match(key)
             if m:
                 layers.setdefault(int(m.group(1)), {})[m.group(2)] = t
-            elif key in known and (key != "cls_token" or has_cls):
-                top[known[key][1]] = t
+            elif key in known:
+                top[known[key].grad] = t
             else:
                 unexpected.append(key)
-        for entry in _TOP:
-            if entry is not None and entry[2] and entry[1] not in top and (entry[0] != "cls_token" or has_cls):
-                missing.append(entry[0])
+        missing += [r.key for r in top_rows if r.when.required(cls.variant) and r.grad not in top]
         n_layers = max(layers) + 1 if layers else 0
         d_encoder: list[EncoderLayerGrads] = []
         for i in range(n_layers):
             sub = dict(layers.get(i, {}))
-            mha = {name: sub.pop(f"mha.{key}", None) for key, name in MHAGrads.KEYS}
-            ffn = {name: sub.pop(f"ffn.{key}", None) for key, name in FFNGrads.KEYS}
-            norms = {"d_" + key: sub.pop(key, None) for key in EncoderLayerGrads.NORM_KEYS}
+            layer, lacking = EncoderLayerGrads.from_keys(sub, f"encoder.{i}.", variant=cls.variant)
             unexpected += [f"encoder.{i}.{rest}" for rest in sub]
-            missing += [f"encoder.{i}.mha.{k}" for k, n in MHAGrads.KEYS if n in MHAGrads.REQUIRED and mha[n] is None]
-            missing += [f"encoder.{i}.ffn.{k}" for k, n in FFNGrads.KEYS if ffn[n] is None]
-            missing += [f"encoder.{i}.{k}" for k in EncoderLayerGrads.NORM_KEYS if norms["d_" + k] is None]
-            if not missing:
-                # Every required entry was found above, so the None defaults are gone.
-                d_encoder.append(EncoderLayerGrads(MHAGrads(**mha), FFNGrads(**ffn), **norms))  # type: ignore[arg-type]
+            missing += lacking
+            if layer is not None:
+                d_encoder.append(layer)
         if missing or unexpected:
             raise MappingError(f"cannot build {cls.__name__} from a dict", missing=missing, unexpected=unexpected)
         return cls(d_encoder=d_encoder, **top)

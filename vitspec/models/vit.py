@@ -1,9 +1,9 @@
 """``ViTSpec`` (mean pool) and ``ViTClsSpec`` (CLS token): Lean ``NN.Spec.Models.Vit`` in PyTorch.
 
 Both are parameter bundles with a forward built from differentiable torch ops (so
-autograd through :meth:`~_ViTBase.forward` is a reference) and a fully explicit
-:meth:`~_ViTBase.backward` that chains the primitives' backward functions exactly
-as the Lean ``ViTSpec.backward`` does (SPEC §4)::
+autograd through :meth:`~ViTBase.forward` is a reference) and a fully explicit
+:meth:`~ViTBase.backward` that chains the primitives' backward functions exactly
+as the Lean ``ViTSpec.backward`` does (NN/Spec/Models/Vit.lean)::
 
     head backward -> pool backward -> encoder layers in reverse -> pos backward
       -> cls backward -> grid_to_tokens backward -> conv2d backward
@@ -25,9 +25,12 @@ from typing import Any, ClassVar, Literal, TypeVar
 import torch
 from torch import Tensor
 
-from ..config import ViTConfig
+from ..config import ViTConfig, config_violations
 from ..dims import Dims, bind_dims
-from ..errors import ConfigError, MappingError, ShapeError, Violation
+from ..errors import ConfigError, MappingError, ShapeError
+from ..io import Checkpoint
+from ..io import read as read_checkpoint
+from ..io import save as save_checkpoint
 from ..primitives import (
     cls_prepend,
     cls_prepend_backward,
@@ -49,92 +52,51 @@ from ..primitives import (
     token_select_backward,
 )
 from ..profiles import Profile, get_profile
-from .encoder import LayerCache, LayerOptions, LayerParams, layer_backward, layer_forward, sub_op_names
+from ..schema import LAYER_PARAMS, Variant
+from ..schema import param_shapes as schema_param_shapes
+from ..schema import stage_names as schema_stage_names
+from .encoder import (
+    LayerCache,
+    LayerOptions,
+    LayerParams,
+    layer_backward,
+    layer_forward,
+    sub_op_forward,
+    sub_op_input,
+)
 from .grads import EncoderLayerGrads, ViTClsGrads, ViTGrads
 
-__all__ = ["MODES", "ViTClsSpec", "ViTSpec", "config_violations", "spec_param_shapes"]
+__all__ = [
+    "MODES",
+    "ForwardCache",
+    "Mode",
+    "ViTBase",
+    "ViTClsSpec",
+    "ViTSpec",
+    "config_violations",
+    "load",
+    "spec_param_shapes",
+]
 
-Variant = Literal["mean", "cls"]
 Mode = Literal["cache", "recompute"]
 MODES: tuple[str, ...] = ("cache", "recompute")
-M = TypeVar("M", bound="_ViTBase")
-
-_LAYER_KEYS = ("Wq", "Wk", "Wv", "Wo", "W1", "b1", "W2", "b2", "norm1_gamma", "norm1_beta", "norm2_gamma", "norm2_beta")
-_LAYER_PREFIX = {"Wq": "mha.", "Wk": "mha.", "Wv": "mha.", "Wo": "mha.", "bq": "mha.", "bk": "mha.", "bv": "mha."}
-_LAYER_PREFIX |= {"bo": "mha.", "W1": "ffn.", "b1": "ffn.", "W2": "ffn.", "b2": "ffn."}
+M = TypeVar("M", bound="ViTBase")
 
 
 # -- shapes and well-formedness -------------------------------------------------
 def spec_param_shapes(
     cfg: ViTConfig, in_c: int, in_h: int, in_w: int, *, variant: Variant = "mean", profile: str | Profile = "torchlean"
 ) -> dict[str, tuple[int, ...]]:
-    """Spec state-dict key -> shape, in state-dict order (the table in ``docs/architecture.md``)."""
-    p = get_profile(profile)
-    e, f, c = cfg.embed_dim, cfg.hidden_dim, cfg.num_classes
-    a = cfg.head_count * cfg.head_dim
-    t = cfg.tokens(in_h, in_w) + (1 if variant == "cls" else 0)
-    s: dict[str, tuple[int, ...]] = {"patch_kernel": (e, in_c, cfg.patch_h, cfg.patch_w), "patch_bias": (e,)}
-    if p.patch_embed == "linear_ln":
-        s["patch_norm_in_gamma"] = s["patch_norm_in_beta"] = (in_c, cfg.patch_h, cfg.patch_w)
-        s["patch_norm_out_gamma"] = s["patch_norm_out_beta"] = (e,)
-    if variant == "cls":
-        s["cls_token"] = (e,)
-    s["pos"] = (t, e)
-    for i in range(cfg.num_layers):
-        m, ff = f"encoder.{i}.mha.", f"encoder.{i}.ffn."
-        s[m + "Wq"] = s[m + "Wk"] = s[m + "Wv"] = (e, a)
-        s[m + "Wo"] = (a, e)
-        if p.qkv_bias:
-            s[m + "bq"] = s[m + "bk"] = s[m + "bv"] = (a,)
-        if p.out_bias:
-            s[m + "bo"] = (e,)
-        s[ff + "W1"], s[ff + "b1"], s[ff + "W2"], s[ff + "b2"] = (e, f), (f,), (f, e), (e,)
-        for k in ("norm1_gamma", "norm1_beta", "norm2_gamma", "norm2_beta"):
-            s[f"encoder.{i}.{k}"] = (e,)
-    if p.final_norm != "none":
-        s["final_norm_gamma"] = s["final_norm_beta"] = (e,)
-    if p.head_norm:
-        s["head_norm_gamma"] = s["head_norm_beta"] = (e,)
-    s["head_W"], s["head_b"] = (c, e), (c,)
-    return s
+    """Spec state-dict key -> shape, in state-dict order (:func:`vitspec.schema.param_shapes` for a profile
+    name or record)."""
+    return schema_param_shapes(cfg, in_c, in_h, in_w, variant=variant, profile=get_profile(profile))
 
 
-def config_violations(
-    cfg: ViTConfig, in_c: int, in_h: int, in_w: int, *, variant: Variant, profile: Profile
-) -> list[Violation]:
-    """``cfg.violations(...)`` plus what the profile demands of the config and variant."""
-    if not isinstance(cfg, ViTConfig):
-        raise ConfigError(f"cfg must be a ViTConfig, got {type(cfg).__name__}")
-    v = cfg.violations(in_c, in_h, in_w, variant=variant, require_heads_divide=profile.require_heads_divide)
-    if profile.patch_embed == "linear_ln" and not (
-        cfg.stride == cfg.patch_h and cfg.stride == cfg.patch_w and cfg.padding == 0
-    ):
-        v.append(
-            Violation(
-                "stride",
-                "extra:linear_ln_patches",
-                "stride == patch_h and stride == patch_w and padding == 0 (non-overlapping patches)",
-                f"stride={cfg.stride}, patch_h={cfg.patch_h}, patch_w={cfg.patch_w}, padding={cfg.padding}",
-                f"profile {profile.name!r} has patch_embed='linear_ln'",
-            )
-        )
-    if variant == "mean" and profile.pooling in ("token", "mean_all"):
-        v.append(
-            Violation(
-                "pooling",
-                "extra:pooling_needs_cls",
-                "pooling None or 'mean' for the mean-pool ViTSpec (it has no CLS token)",
-                repr(profile.pooling),
-                f"profile {profile.name!r}; use ViTClsSpec, or profile.replace(pooling=None)",
-            )
-        )
-    return v
-
-
-# -- the tape one forward leaves for the backward ---------------------------------
+# -- the cache one forward leaves for the backward ---------------------------------
 @dataclass
-class _Tape:
-    """Activations a forward keeps for :meth:`_ViTBase._backward_tape` (batched: leading axis B)."""
+class ForwardCache:
+    """What :meth:`ViTBase.forward_with_cache` keeps for :meth:`ViTBase.backward_from_cache`: the input
+    and the activations the explicit backward reads (batched: leading axis B). Opaque to callers."""
 
     mode: Mode
     x: Tensor  # (B, channels, in_h, in_w)
@@ -147,7 +109,7 @@ class _Tape:
     head_lin_in: Tensor | None = None  # the head Linear's input (after a head norm)
 
 
-class _ViTBase:
+class ViTBase:
     """Shared implementation of :class:`ViTSpec` and :class:`ViTClsSpec`; see ``docs/architecture.md``."""
 
     variant: ClassVar[Variant]
@@ -184,10 +146,17 @@ class _ViTBase:
         self.profile = prof
         self.dims = dims
         self._params: dict[str, Tensor] = params
-        self._opts = LayerOptions(cfg.head_count, prof.norm_placement, prof.activation, float(prof.ln_eps))
+        self._opts = LayerOptions(
+            cfg.head_count,
+            prof.norm_placement,
+            prof.activation,
+            float(prof.ln_eps),
+            prof.head_split,
+            prof.lean_backward,
+        )
         self._pool = self._pool_kind()
 
-    def _rebind(self: M, params: Mapping[str, Tensor]) -> M:
+    def rebind(self: M, params: Mapping[str, Tensor]) -> M:
         """The same model over other tensors with this model's keys and shapes (no re-validation of the
         config; for :class:`vitspec.SpecViT`, which calls this every step)."""
         if list(params) != list(self._params):
@@ -252,16 +221,18 @@ class _ViTBase:
 
     @classmethod
     def load(cls: type[M], path: str | Path, *, device: str | torch.device = "cpu") -> M:
-        """Load a file written by :meth:`save`; a file of the other variant raises :class:`LoadError`."""
-        from ..io import load
+        """Load a file written by :meth:`save`; a file of the other variant raises :class:`LoadError`
+        (:func:`vitspec.models.load` takes whichever variant the file holds)."""
+        return cls.from_checkpoint(read_checkpoint(path, variant=cls.variant, device=device))
 
-        return load(path, variant=cls.variant, device=device)  # type: ignore[return-value]
+    @classmethod
+    def from_checkpoint(cls: type[M], ck: Checkpoint) -> M:
+        """The model a validated file holds (:func:`vitspec.io.read`)."""
+        return cls(ck.cfg, ck.in_c, ck.in_h, ck.in_w, ck.tensors, profile=ck.profile)
 
     def save(self, path: str | Path) -> None:
         """Write a safetensors file (tensors + config/profile metadata); see :mod:`vitspec.io`."""
-        from ..io import save
-
-        save(self, path)
+        save_checkpoint(self, path)
 
     def to(self: M, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> M:
         """A new model with every tensor moved/cast (tensors already there are shared, as ``Tensor.to``)."""
@@ -290,8 +261,10 @@ class _ViTBase:
         """
         _check_params(sd, self.param_shapes(), what=f"{type(self).__name__}.load_state_dict", same_dtype=False)
         with torch.no_grad():
+            # Convert everything first, so a failing conversion (e.g. out of memory) leaves the bundle as it was.
+            staged = {k: sd[k].to(device=t.device, dtype=t.dtype) for k, t in self._params.items()}
             for k, t in self._params.items():
-                t.copy_(sd[k])
+                t.copy_(staged[k])
 
     @property
     def dtype(self) -> torch.dtype:
@@ -307,10 +280,11 @@ class _ViTBase:
         return self.dims["tokens"]
 
     def _layer(self, i: int) -> LayerParams:
+        """Layer ``i``'s tensors; each schema row's last key part names its ``LayerParams`` field
+        (a parameter the profile lacks: None)."""
         p, pre = self._params, f"encoder.{i}."
-        kw = {k: p[pre + _LAYER_PREFIX.get(k, "") + k] for k in _LAYER_KEYS}
-        m = pre + "mha."
-        return LayerParams(**kw, bq=p.get(m + "bq"), bk=p.get(m + "bk"), bv=p.get(m + "bv"), bo=p.get(m + "bo"))
+        kw = {row.key.rsplit(".", 1)[-1]: p.get(pre + row.key) for row in LAYER_PARAMS}
+        return LayerParams(**kw)  # type: ignore[arg-type]  # every present key was checked at construction
 
     def _pool_kind(self) -> tuple[str, int]:
         """``("mean", first)`` (mean over tokens ``first..``) or ``("token", 0)``, from profile and variant."""
@@ -324,17 +298,74 @@ class _ViTBase:
         return ("mean", 0)  # mean_all: CLS included (vit-pytorch)
 
     # -- stages -----------------------------------------------------------------------
-    def stage_names(self, *, sub_ops: bool = False) -> list[str]:
-        """The capture stages in execution order; with ``sub_ops`` also ``blocks.{i}.attn`` etc."""
-        names = ["patch_embed", "pos_embed"]
-        for i in range(self.cfg.num_layers):
-            if sub_ops:
-                names += [f"blocks.{i}.{s}" for s in sub_op_names(self.profile.norm_placement)]
-            names.append(f"blocks.{i}")
-        fn = self.profile.final_norm
-        names += [*(["final_norm"] if fn == "before_pool" else []), "pool"]
-        names += [*(["final_norm"] if fn == "after_pool" else []), "head"]
-        return names
+    def stage_names(self, *, sub_ops: bool = False, output: bool = False) -> list[str]:
+        """The capture stages in forward order (:func:`vitspec.schema.stage_names`); with ``sub_ops`` also
+        ``blocks.{i}.attn`` etc. ``output`` (the value :meth:`forward` returns, identical to ``head`` for
+        the spec) is listed only with ``output=True``: ``capture`` does not hold it twice."""
+        names = schema_stage_names(
+            self.cfg.num_layers,
+            final_norm=self.profile.final_norm,
+            sub_ops=sub_ops,
+            norm_placement=self.profile.norm_placement,
+        )
+        return names if output else names[:-1]
+
+    def stage_input(self, name: str, outputs: Mapping[str, Tensor], x: Tensor) -> Tensor | None:
+        """The input of stage ``name`` (a :meth:`stage_names` entry, sub-ops included), read off the
+        ``outputs`` of the stages before it (``x``: the image batch): the stage's neighbours, in
+        the spec's dataflow. ``None`` when a needed output is missing.
+
+        Each top-level stage consumes the output of the one before it (``blocks.0`` the
+        ``pos_embed`` tokens, ``pool`` the final norm's or the last block's output, ...); a
+        sub-op's input comes from :func:`~vitspec.models.encoder.sub_op_input`.
+        """
+        top = self.stage_names()
+        parts = name.split(".")
+        block, sub = (".".join(parts[:2]), ".".join(parts[2:])) if parts[0] == "blocks" else (name, "")
+        if block not in top:
+            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(self.stage_names(sub_ops=True))}")
+        k = top.index(block)
+        block_in = x if k == 0 else outputs.get(top[k - 1])
+        if not sub or block_in is None:
+            return block_in
+        prefix = block + "."
+        own = {n.removeprefix(prefix): t for n, t in outputs.items() if n.startswith(prefix)}
+        return sub_op_input(sub, block_in, own, self.profile.norm_placement)
+
+    def run_stage(self, name: str, inp: Tensor) -> Tensor:
+        """Stage ``name`` alone on a batched input ``inp`` (what :meth:`stage_input` returns).
+
+        The same primitives :meth:`forward` chains, one stage at a time, so a conformance check
+        can apply the spec to *another model's* captured input of a stage (isolation).
+        """
+        p, prof, eps = self._params, self.profile, self._opts.eps
+        with bind_dims(self.dims):
+            if name == "patch_embed":
+                if prof.patch_embed == "linear_ln":
+                    return patch_linear_ln(
+                        inp, p["patch_norm_in_gamma"], p["patch_norm_in_beta"], p["patch_kernel"], p["patch_bias"],
+                        p["patch_norm_out_gamma"], p["patch_norm_out_beta"], eps,
+                    )  # fmt: skip
+                grid = conv2d(inp, p["patch_kernel"], p["patch_bias"], self.cfg.stride, self.cfg.padding)
+                return grid_to_tokens(grid)
+            if name == "pos_embed":
+                tok = cls_prepend(inp, p["cls_token"]) if self.variant == "cls" else inp
+                return pos_add(tok, p["pos"])
+            if name.startswith("blocks."):
+                parts = name.split(".")
+                layer = self._layer(int(parts[1]))
+                if len(parts) == 2:
+                    return layer_forward(inp, layer, self._opts)[0]
+                return sub_op_forward(parts[2], inp, layer, self._opts)
+            if name == "final_norm":
+                return layer_norm(inp, p["final_norm_gamma"], p["final_norm_beta"], eps)
+            if name == "pool":
+                kind, idx = self._pool
+                return mean_pool(inp, idx) if kind == "mean" else token_select(inp, idx)
+            if name == "head":
+                lin_in = layer_norm(inp, p["head_norm_gamma"], p["head_norm_beta"], eps) if prof.head_norm else inp
+                return head(lin_in, p["head_W"], p["head_b"])
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(self.stage_names(sub_ops=True))}")
 
     # -- input checks -------------------------------------------------------------------
     def _check_input(self, x: object, fn: str) -> tuple[Tensor, bool]:
@@ -381,7 +412,7 @@ class _ViTBase:
                     function=fn, argument=arg, expected=mine, actual=theirs, shape=tuple(t.shape),
                 )  # fmt: skip
 
-    def _check_cotangent(self, fn: str, arg: str, t: object, tape: _Tape, last: str) -> Tensor:
+    def _check_cotangent(self, fn: str, arg: str, t: object, tape: ForwardCache, last: str) -> Tensor:
         """``t`` as a batched ``(B, last)`` cotangent matching the forward's input."""
         size = self.dims[last]
         b = tape.x.shape[0]
@@ -410,14 +441,25 @@ class _ViTBase:
 
     __call__ = forward
 
+    def forward_with_cache(self, x: Tensor, mode: Mode = "cache") -> tuple[Tensor, ForwardCache]:
+        """The forward split from its backward: ``(logits, cache)``, where ``cache`` holds what
+        :meth:`backward_from_cache` consumes (``mode`` as in :meth:`backward`).
+
+        :meth:`backward` runs both halves on one input; :class:`vitspec.autograd.SpecViTFunction`
+        calls them from autograd's separate forward and backward.
+        """
+        logits, cache = self._forward_tape(x, mode)
+        assert cache is not None  # a mode was given
+        return logits, cache
+
     def _forward_tape(
         self, x: Tensor, mode: Mode | None, *, capture: MutableMapping[str, Tensor] | None = None
-    ) -> tuple[Tensor, _Tape | None]:
-        """The forward; with ``mode`` also the :class:`_Tape` the explicit backward consumes."""
+    ) -> tuple[Tensor, ForwardCache | None]:
+        """The forward; with ``mode`` also the :class:`ForwardCache` the explicit backward consumes."""
         if mode is not None and mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         xb, single = self._check_input(x, f"{type(self).__name__}.{'forward' if mode is None else 'backward'}")
-        tape = _Tape(mode, xb, single) if mode is not None else None
+        tape = ForwardCache(mode, xb, single) if mode is not None else None
         cap: dict[str, Tensor] | None = {} if capture is not None else None
         p, prof, eps = self._params, self.profile, self._opts.eps
         with bind_dims(self.dims):
@@ -478,6 +520,7 @@ class _ViTBase:
         grad_pooled: Tensor | None = None,
         mode: Mode = "cache",
         need_grad_x: bool = True,
+        differentiable: bool = False,
     ) -> tuple[ViTGrads, Tensor | None]:
         """Explicit reverse mode: ``(grads, grad_x)`` for the cotangent of the logits or of the pooled vector.
 
@@ -494,26 +537,31 @@ class _ViTBase:
         at a time, bounding activation memory by ``L`` layer inputs plus one layer's activations.
         Parameter gradients are summed over a batch; ``grad_x`` has ``x``'s shape (``None`` with
         ``need_grad_x=False``, which skips the patch embedding's input gradient). No autograd is
-        used (it runs the same under ``torch.inference_mode()``).
+        used: it runs under ``torch.no_grad()``, so even for parameters that require grad the
+        returned tensors carry no ``grad_fn`` and no graph is recorded. ``differentiable=True``
+        runs it with autograd recording instead (to differentiate through the explicit backward).
         """
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         if (grad_output is None) == (grad_pooled is None):
             raise ConfigError("backward needs exactly one of grad_output (logits) or grad_pooled (head input)")
-        _, tape = self._forward_tape(x, mode)
-        assert tape is not None
-        return self._backward_tape(tape, grad_output, grad_pooled=grad_pooled, need_grad_x=need_grad_x)
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+            _, tape = self._forward_tape(x, mode)
+            assert tape is not None
+            return self.backward_from_cache(tape, grad_output, grad_pooled=grad_pooled, need_grad_x=need_grad_x)
 
-    def _backward_tape(
+    def backward_from_cache(
         self,
-        tape: _Tape,
+        tape: ForwardCache,
         grad_output: Tensor | None = None,
         *,
         grad_pooled: Tensor | None = None,
         need_grad_x: bool = True,
     ) -> tuple[ViTGrads, Tensor | None]:
-        """The explicit backward over a forward's tape (SPEC §4 order). Frees layer caches as it goes;
-        a second call on the same tape recomputes those layers instead."""
+        """The explicit backward (the order of Lean ``ViTSpec.backward``) over ``tape``, the :class:`ForwardCache` of
+        :meth:`forward_with_cache` (``grad_output`` / ``grad_pooled`` / ``need_grad_x`` as in
+        :meth:`backward`). Frees layer caches as it goes; a second call on the same cache recomputes
+        those layers instead."""
         fn = f"{type(self).__name__}.backward"
         p, prof, eps, cfg = self._params, self.profile, self._opts.eps, self.cfg
         assert tape.head_lin_in is not None and tape.head_in is not None and tape.pooled is not None
@@ -595,19 +643,28 @@ class _ViTBase:
         )
 
 
-class ViTSpec(_ViTBase):
+class ViTSpec(ViTBase):
     """Lean ``ViTSpec``: conv patch embedding, learned ``pos (patches, embed_dim)``, encoder, mean pool, head."""
 
     variant: ClassVar[Variant] = "mean"
     grads_type: ClassVar[type[ViTGrads]] = ViTGrads
 
 
-class ViTClsSpec(_ViTBase):
+class ViTClsSpec(ViTBase):
     """Lean ``ViTClsSpec``: as :class:`ViTSpec` with a learned ``cls_token`` prepended as token 0,
     ``pos (patches + 1, embed_dim)``, and token 0 pooled."""
 
     variant: ClassVar[Variant] = "cls"
     grads_type: ClassVar[type[ViTGrads]] = ViTClsGrads
+
+
+def load(
+    path: str | Path, *, variant: Variant | None = None, device: str | torch.device = "cpu"
+) -> ViTSpec | ViTClsSpec:
+    """Load a file written by ``m.save(path)``: a :class:`ViTSpec` or :class:`ViTClsSpec`, whichever the
+    file holds (``variant`` demands one). Errors as :func:`vitspec.io.read`."""
+    ck = read_checkpoint(path, variant=variant, device=device)
+    return (ViTClsSpec if ck.variant == "cls" else ViTSpec).from_checkpoint(ck)
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -641,6 +698,10 @@ def _check_params(sd: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], 
         if not isinstance(t, Tensor):
             bad.append(f"{k}: expected a tensor of shape {shape}, got {type(t).__name__}")
             continue
+        if t.layout != torch.strided:  # sparse / mkldnn: copy_ would fail (or densify) midway
+            bad.append(f"{k}: expected a dense (strided) tensor, got layout {t.layout}")
+        if t.is_meta:  # a meta tensor has a shape but no data to copy
+            bad.append(f"{k}: is on the meta device (it has no data)")
         if tuple(t.shape) != shape:
             bad.append(f"{k}: expected shape {shape}, got {tuple(t.shape)}")
         if not t.is_floating_point():

@@ -1,11 +1,17 @@
 """pytest plugin: run the conformance suite against any ViT (``pytest --vit-target TARGET``).
 
-Registered as the ``pytest11`` entry point ``vitspec_conformance``, so it is loaded by
-*every* pytest run in an environment where vitspec is installed. It therefore:
+Registered as the ``pytest11`` entry point ``vitspec_conformance`` (this module,
+``vitspec.pytest_plugin``), so it is loaded by *every* pytest run in an environment where
+vitspec is installed. It therefore:
 
-- imports nothing heavy at load time (no torch, no third-party libraries);
+- imports nothing heavy at load time (no torch, no third-party libraries) and never imports
+  the ``conformance`` package: a project with its own top-level ``conformance`` package runs
+  ``python -m pytest`` unaffected (the suite imports ``conformance`` only once it is collected);
 - only adds ``--vit-*`` options (prefixed, so they cannot clash with other plugins);
-- does nothing at all unless the conformance suite is collected.
+- does nothing at all unless the conformance suite is collected;
+- refuses bad options at startup with a usage error (exit 4, one line): an ``--vit-xfails``
+  file that is missing or not UTF-8, a ``--vit-json`` that cannot be written. An xfail id that
+  matches no collected suite test is reported as a warning naming it.
 
 Usage::
 
@@ -22,6 +28,7 @@ redirects a run, so a stray ``VITSPEC_TARGET`` cannot hide the project's tests.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +39,10 @@ __all__ = ["ENV_TARGET", "SuiteOptions", "get_options", "read_xfails"]
 #: Environment variable naming the target when ``--vit-target`` is not given.
 ENV_TARGET = "VITSPEC_TARGET"
 
-_SUITE_DIR = Path(__file__).resolve().parent / "suite"
+# The suite ships beside this package (``conformance/suite`` next to ``vitspec/``); its path is found
+# without importing ``conformance``, which may be another project's package of the same name.
+_SUITE_DIR = Path(__file__).resolve().parent.parent / "conformance" / "suite"
+_XFAILS = pytest.StashKey[set[str]]()
 _DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 
@@ -90,9 +100,17 @@ def get_options(config: pytest.Config) -> SuiteOptions:
 
 
 def read_xfails(path: str | os.PathLike[str]) -> set[str]:
-    """Test ids from an xfail file: one per line, blank lines and ``#`` comments ignored."""
+    """Test ids from an xfail file: one per line, blank lines and ``#`` comments ignored.
+
+    Raises :class:`pytest.UsageError` for a file that cannot be read or is not UTF-8."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise pytest.UsageError(f"--vit-xfails {path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise pytest.UsageError(f"--vit-xfails {path}: cannot read it ({e.strerror or e})") from None
     ids: set[str] = set()
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         entry = line.split("#", 1)[0].strip()
         if entry:
             ids.add(entry)
@@ -106,21 +124,40 @@ def pytest_configure(config: pytest.Config) -> None:
         if source is not None and source.name in ("TESTPATHS", "INVOCATION_DIR"):
             config.args[:] = [str(_SUITE_DIR)]
     xf = config.getoption("--vit-xfails")
-    if xf and not Path(xf).is_file():
-        raise pytest.UsageError(f"--vit-xfails: no such file: {xf}")
+    if xf:
+        if not Path(xf).is_file():
+            raise pytest.UsageError(f"--vit-xfails: no such file: {xf}")
+        config.stash[_XFAILS] = read_xfails(xf)
+    out = config.getoption("--vit-json")
+    if out:  # refused now, not after the whole check
+        from vitspec._fs import UnwritableError, check_writable
+
+        try:
+            check_writable(out, "--vit-json")
+        except UnwritableError as e:
+            raise pytest.UsageError(str(e)) from None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     xf = config.getoption("--vit-xfails")
-    if not xf:
+    wanted = config.stash.get(_XFAILS, set())
+    if not xf or not wanted:
         return
-    wanted = read_xfails(xf)
+    used: set[str] = set()
+    suite_items = 0
     for item in items:
         if not _in_suite(item):
             continue
+        suite_items += 1
         # Match the bare name (``test_stage[blocks.3]``) or the full node id.
-        if item.name in wanted or item.nodeid in wanted or item.nodeid.split("::", 1)[-1] in wanted:
+        ids = {item.name, item.nodeid, item.nodeid.split("::", 1)[-1]} & wanted
+        if ids:
+            used |= ids
             item.add_marker(pytest.mark.xfail(reason=f"listed in {xf}", strict=False))
+    unmatched = sorted(wanted - used)
+    if suite_items and unmatched:  # a typo must not silently leave a failing test un-xfailed
+        shown = ", ".join(unmatched[:10]) + (f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else "")
+        warnings.warn(pytest.PytestConfigWarning(f"--vit-xfails {xf}: no collected test matches {shown}"), stacklevel=1)
 
 
 def _in_suite(item: Any) -> bool:
