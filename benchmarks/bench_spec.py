@@ -7,7 +7,7 @@ ViT-S/16 (384/1536/6 heads/12 layers), 224×224, batch 8, float32, one device, s
 2. recompute-mode peak memory / cache-mode peak memory                              target ≤ 0.5
    recompute-mode time / cache-mode time                                            target ≤ 1.4
 3. forward with shape checks on / off                                              target ≤ 1.03
-4. spec forward under the timm profile / timm's own forward, same config and weights target ≤ 1.05
+4. spec forward under the timm profile / timm's own forward, same config and weights target ≤ 1.0
 
     python benchmarks/bench_spec.py [--device cpu|cuda] [--model vit_s16|vit_b16] [--batch N]
                                     [--dtype float32|bfloat16|float16] [--reps 7] [--quick] [--out DIR]
@@ -174,7 +174,7 @@ def spec_vs_timm(timm_name: str, cfg: ViTConfig, batch: int, dtype: torch.dtype,
         "times": t,
         "ratio": t["spec_timm_profile"]["median_s"] / t["timm"]["median_s"],
         "ratio_min": t["spec_timm_profile"]["min_s"] / t["timm"]["min_s"],
-        "target": 1.05,
+        "target": 1.0,
         "max_abs_logit_diff": err,
         "timm_fused_attn": bool(getattr(tm.blocks[0].attn, "fused_attn", False)),
     }

@@ -12,7 +12,10 @@ pytest run, so importing ``conformance`` must not pull in torch or third-party l
 - :func:`detect` (:mod:`conformance.adapters`): the adapter for a model;
 - :func:`build_target` (:mod:`conformance.targets`): a model from ``LIBRARY:NAME``;
 - :func:`assert_conforms` and :class:`ConformanceError` (:mod:`conformance.assertions`): ``check``
-  as an assertion for a user's own tests (docs/pytest.md).
+  as an assertion for a user's own tests (docs/pytest.md);
+- :func:`compare_models` and :class:`Comparison` (:mod:`conformance.diff`): do two ViTs compute the
+  same function; :func:`convert` and :class:`CannotExpress` (:mod:`conformance.conversion`): a ViT
+  rebuilt in another library through the spec (docs/diff-convert.md).
 """
 
 from __future__ import annotations
@@ -24,10 +27,24 @@ if TYPE_CHECKING:
     from .adapters import detect
     from .assertions import ConformanceError, assert_conforms
     from .compare import check
+    from .conversion import CannotExpress, convert
+    from .diff import Comparison, compare_models
     from .report import Report, Status
     from .targets import build_target
 
-__all__ = ["ConformanceError", "Report", "Status", "assert_conforms", "build_target", "check", "detect"]
+__all__ = [
+    "CannotExpress",
+    "Comparison",
+    "ConformanceError",
+    "Report",
+    "Status",
+    "assert_conforms",
+    "build_target",
+    "check",
+    "compare_models",
+    "convert",
+    "detect",
+]
 
 _LAZY = {
     "check": "conformance.compare",
@@ -37,6 +54,10 @@ _LAZY = {
     "build_target": "conformance.targets",
     "assert_conforms": "conformance.assertions",
     "ConformanceError": "conformance.assertions",
+    "compare_models": "conformance.diff",
+    "Comparison": "conformance.diff",
+    "convert": "conformance.conversion",
+    "CannotExpress": "conformance.conversion",
 }
 
 

@@ -63,6 +63,7 @@ class Captured:
     calls: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    autocast: dict[str, str] = field(default_factory=dict)  # module path -> dtype it ran under autocast
     _seen: dict[str, list[Tensor | None]] = field(default_factory=dict, repr=False)
     _counts: dict[str, list[int]] = field(default_factory=dict, repr=False)
     _labels: dict[str, list[str]] = field(default_factory=dict, repr=False)
@@ -149,19 +150,39 @@ def _register(out: Captured, name: str, index: int, point: PointLike) -> torch.u
     return module.register_forward_pre_hook(lambda _m, a, kw: keep(first_input(a, kw)), with_kwargs=True)
 
 
+def _watch_autocast(out: Captured, model: nn.Module, device_type: str) -> list[torch.utils.hooks.RemovableHandle]:
+    """A pre-hook on every module that records the ones called inside an enabled ``torch.autocast``
+    region (the precision the model *declares* at run time, as opposed to the check's dtype)."""
+
+    def hook(path: str) -> Any:
+        def pre(_m: nn.Module, _a: Any) -> None:
+            if path not in out.autocast and torch.is_autocast_enabled(device_type):
+                out.autocast[path] = str(torch.get_autocast_dtype(device_type)).removeprefix("torch.")
+
+        return pre
+
+    return [m.register_forward_pre_hook(hook(path)) for path, m in model.named_modules()]
+
+
 @contextmanager
-def capture(points: Mapping[str, PointLike | Sequence[PointLike]]) -> Iterator[Captured]:
+def capture(
+    points: Mapping[str, PointLike | Sequence[PointLike]], *, watch: nn.Module | None = None, device_type: str = "cpu"
+) -> Iterator[Captured]:
     """Register a hook per candidate point; yield the :class:`Captured` they fill.
 
     ``points`` maps a stage name to one point or to candidates in preference order.
     ``kind == "output"``: forward hook, the transform gets the module's output.
     ``kind == "input"``: forward-pre hook, the transform gets the module's first input.
     On exit every handle is removed (whatever happens inside the block, also when
-    registering a later point fails) and each stage's tensor is chosen.
+    registering a later point fails) and each stage's tensor is chosen. With ``watch`` (the
+    model), every module called inside an enabled autocast region on ``device_type`` is recorded
+    in :attr:`Captured.autocast`.
     """
     out = Captured()
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
+        if watch is not None:
+            handles += _watch_autocast(out, watch, device_type)
         for name, given in points.items():
             cands = list(given) if isinstance(given, Sequence) else [given]
             out._seen[name] = [None] * len(cands)

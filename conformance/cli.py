@@ -262,6 +262,25 @@ def _build(target: str, seed: int) -> tuple[Any, str]:
     return model, name
 
 
+def _adapter(model: Any, target: str) -> Any:
+    """The adapter the target's options ask for (``?input_hw=32x64``, :func:`conformance.targets.adapter_options`),
+    or None to let :func:`conformance.check` detect one."""
+    from .targets import TargetError, adapter_options
+
+    try:
+        options = adapter_options(target)
+    except TargetError as e:
+        raise UsageError(str(e)) from None
+    if not options:
+        return None
+    from .adapters import detect
+
+    try:
+        return detect(model, **options)
+    except TypeError as e:  # an adapter that does not take the option (a user adapter registered first)
+        raise UsageError(f"{target!r}: the detected adapter does not take {', '.join(options)} ({e})") from None
+
+
 def _printable(text: str) -> str:
     """``text`` with undecodable file-name bytes (surrogate escapes) shown as U+FFFD, so it can be encoded."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -331,7 +350,7 @@ def _weights_and_inputs(model: Any, args: argparse.Namespace) -> tuple[Any, str]
     return load_inputs(args.input, model)
 
 
-def _check_memory(model: Any, args: argparse.Namespace) -> None:
+def _check_memory(model: Any, args: argparse.Namespace, adapter: Any = None) -> None:
     """Refuse (exit 2) a check whose estimated memory exceeds what the machine has left."""
     if not getattr(args, "memory_check", True):
         return
@@ -340,7 +359,7 @@ def _check_memory(model: Any, args: argparse.Namespace) -> None:
     try:
         from .adapters import detect
 
-        d = detect(model).describe()
+        d = (adapter if adapter is not None else detect(model)).describe()
     except Exception:  # no adapter / unsupported: check() reports that itself, cheaply
         return
     itemsize = {"float64": 8, "float32": 4}.get(args.dtype, 2)
@@ -397,8 +416,9 @@ def _run(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     try:
         with _Alarm(getattr(args, "timeout", None)):
             model, name = _build(target, args.seed)
+            adapter = _adapter(model, target)
             inputs, input_how = _weights_and_inputs(model, args)
-            _check_memory(model, args)
+            _check_memory(model, args, adapter)
             from .compare import check
 
             show_progress = not args.quiet and stderr.isatty()
@@ -406,6 +426,7 @@ def _run(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
             try:
                 report = check(
                     model,
+                    adapter=adapter,
                     device=args.device,
                     dtype=args.dtype,
                     batch=args.batch,

@@ -53,6 +53,8 @@ _BLOCK_RE = re.compile(r"^blocks\.(\d+)$")
 #: The stage that compares what ``model(x)`` returned (after every hook and wrapper): the last
 #: entry of :data:`vitspec.schema.STAGES`.
 OUTPUT = STAGES[-1].name
+#: Dtypes from finest to coarsest rounding (the coarsest declared one sets the reference).
+_UNIT_ORDER = ("float64", "float32", "float16", "bfloat16")
 
 #: Third-party libraries whose versions go into the report's environment.
 _LIBRARIES = ("timm", "torchvision", "transformers", "vit-pytorch", "numpy")
@@ -171,12 +173,14 @@ class _Context:
     grads: bool
     step: Callable[[str], None]
     io: _Inputs
+    batch: int = 1
     spec64: Any = None
     native: _LowRef | None = None  # native mode: the spec in the model's dtype
     declared: _LowRef | None = None  # the spec in the coarsest dtype the model declares for an op
     out: Tensor | None = None  # what the model returned
     cap: Captured | None = None
     model_t: dict[str, Tensor] = field(default_factory=dict)  # model stage tensors (incl. output)
+    model_t64: dict[str, Tensor] = field(default_factory=dict)  # the same in float64: isolation inputs
     ref_t: dict[str, Tensor] = field(default_factory=dict)  # spec64 stage tensors
     precision: dict[str, str] = field(default_factory=dict)  # stage -> declared coarser dtype
 
@@ -221,16 +225,18 @@ def check(
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but torch.cuda.is_available() is False")
     report = Report(Status.PASS, environment=environment(dev, dtype_name))
-    try:
-        ctx = _prepare(model, adapter, report, dev, dtype_name, tdtype, batch, seed, grads, progress, inputs)
-        _run_model(ctx)
-        _run_spec(ctx)
-        _compare_forward(ctx)
-        if grads and ctx.out is not None:
-            _compare_gradients(ctx)
-        _verdict(ctx)
-    except _Done:
-        pass
+    # A caller inside torch.inference_mode() still gets gradients checked: autograd is the check's own.
+    with torch.inference_mode(False), torch.enable_grad():
+        try:
+            ctx = _prepare(model, adapter, report, dev, dtype_name, tdtype, batch, seed, grads, progress, inputs)
+            _run_model(ctx)
+            _run_spec(ctx)
+            _compare_forward(ctx)
+            if grads and ctx.out is not None:
+                _compare_gradients(ctx)
+            _verdict(ctx)
+        except _Done:
+            pass
     report.elapsed_s = time.perf_counter() - t0
     return report
 
@@ -262,7 +268,12 @@ def _prepare(
             f"inputs have shape {tuple(inputs.shape)}, but the model takes (B, {', '.join(map(str, expected))})"
         )
     ad.model.eval()
-    ad.model.to(device=dev, dtype=tdtype)
+    try:
+        ad.model.to(device=dev, dtype=tdtype)
+    except Exception as e:  # e.g. parameters on the meta device hold no values to move
+        report.status, report.forward_ok = Status.CRASH, False
+        report.reason = f"the model could not be moved to {dev} / {dtype_name}: {_exc_text(e)}"
+        raise _Done from None
     cfg = desc.cfg
     pol = _policy(desc, dtype_name, batch)
     report.description = {
@@ -291,25 +302,22 @@ def _prepare(
             progress(what, min(done, total), total)
 
     io = _draw_inputs(desc, dev, tdtype, grads, batch, seed, inputs)
-    ctx = _Context(report, ad, desc, pol, dev, tdtype, grads, step, io)
-    ctx.precision = _declared_precision(ctx, dtype_name)
-    _build_specs(ctx, dtype_name, batch)
+    ctx = _Context(report, ad, desc, pol, dev, tdtype, grads, step, io, batch=batch)
+    _build_specs(ctx, dtype_name)
     step("mapped weights onto the spec")
     return ctx
 
 
-def _build_specs(ctx: _Context, dtype_name: str, batch: int) -> None:
-    """The spec model from the mapped weights in float64, and the lower-precision references:
-    the model's dtype (native mode) and the coarsest dtype the model declares for an op."""
+def _build_specs(ctx: _Context, dtype_name: str) -> None:
+    """The spec model from the mapped weights in float64, and in native mode also in the model's dtype."""
     from vitspec.models import ViTClsSpec, ViTSpec
 
     desc, report = ctx.desc, ctx.report
     spec_cls = ViTClsSpec if desc.variant == "cls" else ViTSpec
-    args = (desc.cfg, desc.in_c, desc.in_h, desc.in_w)
     try:
         sd = ctx.adapter.to_spec(dict(ctx.model.named_parameters()))
         sd64 = {k: v.detach().to(device=ctx.dev, dtype=torch.float64) for k, v in sd.items()}
-        ctx.spec64 = spec_cls.from_state_dict(*args, sd64, profile=desc.profile)
+        ctx.spec64 = spec_cls.from_state_dict(desc.cfg, desc.in_c, desc.in_h, desc.in_w, sd64, profile=desc.profile)
     except MappingError as e:
         names = [*e.missing, *e.unexpected, *e.mismatched]
         report.status = Status.UNSUPPORTED
@@ -319,23 +327,21 @@ def _build_specs(ctx: _Context, dtype_name: str, batch: int) -> None:
     except VitSpecError as e:
         report.status, report.reason = Status.UNSUPPORTED, f"the spec cannot express this model: {e}"
         raise _Done from None
-
-    def low(dtype: str, pol: Policy) -> _LowRef | None:
-        tdt = parse_dtype(dtype)[1]
-        try:
-            spec = spec_cls.from_state_dict(*args, {k: v.to(tdt) for k, v in sd64.items()}, profile=desc.profile)
-        except Exception as e:  # the floor still applies; say so
-            report.notes.append(f"spec could not be built in {dtype} ({_exc_text(e)}); tolerance = floor only")
-            return None
-        return _LowRef(tdt, spec, pol)
-
     if dtype_name != "float64":
-        ctx.native = low(dtype_name, ctx.pol)
-    if ctx.precision:
-        coarsest = max(ctx.precision.values(), key=_UNIT_ORDER.index)
-        pol = _policy(desc, coarsest, batch)
-        ctx.declared = low(coarsest, pol)
-        report.tolerance["declared"] = pol.to_dict()
+        ctx.native = _low_ref(ctx, dtype_name, ctx.pol)
+
+
+def _low_ref(ctx: _Context, dtype: str, pol: Policy) -> _LowRef | None:
+    """The float64 spec's weights rounded to ``dtype``, as a spec model of their own."""
+    tdt = parse_dtype(dtype)[1]
+    s64 = ctx.spec64
+    try:
+        sd = {k: v.to(tdt) for k, v in s64.state_dict().items()}
+        spec = type(s64).from_state_dict(s64.cfg, s64.in_c, s64.in_h, s64.in_w, sd, profile=s64.profile)
+    except Exception as e:  # the floor still applies; say so
+        ctx.report.notes.append(f"spec could not be built in {dtype} ({_exc_text(e)}); tolerance = floor only")
+        return None
+    return _LowRef(tdt, spec, pol)
 
 
 def _policy(desc: Any, dtype: str, batch: int) -> Policy:
@@ -351,22 +357,59 @@ def _policy(desc: Any, dtype: str, batch: int) -> Policy:
     )
 
 
-def _declared_precision(ctx: _Context, dtype_name: str) -> dict[str, str]:
-    """Stage -> the coarser dtype the model declares for it (only where coarser than the check's)."""
-    out: dict[str, str] = {}
-    for lp in getattr(ctx.desc, "precision", ()):
-        if not coarser(lp.dtype, dtype_name):
+def _declare_precision(ctx: _Context) -> None:
+    """Stages the model computes in a coarser dtype than the check's: declared by the adapter
+    (HF eager attention's float32 softmax) or seen at run time (a module called inside an enabled
+    ``torch.autocast`` region). Each is named in a note, and a spec run in the coarsest such dtype
+    becomes their yardstick (docs/tolerance.md, "Declared lower precision")."""
+    check_dtype = ctx.pol.dtype
+    found = [(lp.stages, lp.dtype, lp.op) for lp in ctx.desc.precision] + _autocast_regions(ctx)
+    for stages, dtype, op in found:
+        if not coarser(dtype, check_dtype):
             continue
-        for s in lp.stages:
-            if s not in out or coarser(lp.dtype, out[s]):
-                out[s] = lp.dtype
-        where = _span(lp.stages)
+        for st in stages:
+            if st not in ctx.precision or coarser(dtype, ctx.precision[st]):
+                ctx.precision[st] = dtype
         ctx.report.notes.append(
-            f"precision: {lp.op} runs in {lp.dtype} at {where} (check dtype {dtype_name}); that op, every stage "
-            f"downstream of it and the gradients are judged against the spec run in {lp.dtype}, as in native "
-            f"{lp.dtype} mode (docs/tolerance.md, 'Declared lower precision')"
+            f"precision: {op} runs in {dtype} at {_span(stages)} (check dtype {check_dtype}); that op, every stage "
+            f"downstream of it and the gradients are judged against the spec run in {dtype}, as in native "
+            f"{dtype} mode (docs/tolerance.md, 'Declared lower precision')"
         )
-    return out
+    if ctx.precision:
+        coarsest = max(ctx.precision.values(), key=_UNIT_ORDER.index)
+        pol = _policy(ctx.desc, coarsest, ctx.batch)
+        ctx.declared = _low_ref(ctx, coarsest, pol)
+        ctx.report.tolerance["declared"] = pol.to_dict()
+
+
+def _autocast_regions(ctx: _Context) -> list[tuple[tuple[str, ...], str, str]]:
+    """``(stages, dtype, op)`` for the modules that ran under autocast, mapped to the stage whose
+    module contains them (the innermost: a sub-op before its block)."""
+    assert ctx.cap is not None
+    if not ctx.cap.autocast:
+        return []
+    owner: dict[int, str] = {}
+    for stage, pts in sorted(ctx.adapter.capture_points().items(), key=lambda kv: kv[0].count(".")):
+        for p in pts:
+            if p.kind == "output":
+                owner.update({id(sub): stage for sub in p.module.modules()})
+    by_dtype: dict[str, set[str]] = {}
+    for path, dtype in ctx.cap.autocast.items():
+        stage = owner.get(id(ctx.model.get_submodule(path)))
+        if stage is not None:
+            by_dtype.setdefault(dtype, set()).add(stage)
+    if ctx.pol.dtype == "float64" and by_dtype:  # autocast never casts float64 ops: nothing to loosen
+        ctx.report.notes.append(
+            "autocast region(s) at "
+            + ", ".join(sorted(set().union(*by_dtype.values())))
+            + ": torch.autocast does not cast float64 ops, so they ran in float64"
+        )
+        return []
+    order = _top_stages(ctx, sub_ops=True)
+    return [
+        (tuple(sorted(st, key=order.index)), dtype, "the ops inside a torch.autocast region")
+        for dtype, st in by_dtype.items()
+    ]
 
 
 def _span(stages: tuple[str, ...]) -> str:
@@ -402,7 +445,10 @@ def _run_model(ctx: _Context) -> None:
     for p in m.parameters():
         p.requires_grad_(ctx.grads)
     try:
-        with capture(ctx.adapter.capture_points()) as cap, torch.set_grad_enabled(ctx.grads):
+        with (
+            capture(ctx.adapter.capture_points(), watch=m, device_type=ctx.dev.type) as cap,
+            torch.set_grad_enabled(ctx.grads),
+        ):
             try:
                 out = ctx.adapter.run(ctx.io.x_in)
             except Exception as e:
@@ -421,6 +467,8 @@ def _run_model(ctx: _Context) -> None:
     ctx.out = out
     ctx.model_t = dict(cap.tensors)
     ctx.model_t[OUTPUT] = out.detach()
+    ctx.model_t64 = {k: v.to(torch.float64) for k, v in ctx.model_t.items()}
+    _declare_precision(ctx)
 
 
 # -- step 3: run the spec ----------------------------------------------------------------
@@ -450,6 +498,9 @@ def _top_stages(ctx: _Context, *, sub_ops: bool = False) -> list[str]:
         has_head=ctx.desc.has_head,
         sub_ops=sub_ops,
         norm_placement=p.norm_placement,
+        pre_norm=p.pre_norm,
+        layer_scale=p.layer_scale,
+        pooled=p.head != "distilled",
     )
 
 
@@ -464,11 +515,8 @@ def _precision_of(ctx: _Context, name: str, order: list[str]) -> tuple[str | Non
     declared = ctx.precision
     own = declared.get(name) or next((d for s, d in declared.items() if s.startswith(name + ".")), None)
     first = min((order.index(s) for s in declared if s in order), default=len(order))
-    coarsest = max(declared.values(), key=lambda d: _UNIT_ORDER.index(d))
+    coarsest = max(declared.values(), key=_UNIT_ORDER.index)
     return (coarsest if order.index(name) >= first else None), own
-
-
-_UNIT_ORDER = ("float64", "float32", "float16", "bfloat16")
 
 
 def _compare(ctx: _Context, name: str, order: list[str]) -> StageResult:
@@ -504,7 +552,7 @@ def _isolate(ctx: _Context, r: StageResult, mt: Tensor, precision: str | None) -
     """The spec's stage on the model's own input of that stage (read off its neighbours' outputs)."""
     name = r.name
     ref = ctx.declared if precision else ctx.native
-    inputs = {k: v.to(torch.float64) for k, v in ctx.model_t.items()}
+    inputs = ctx.model_t64
     if name == OUTPUT:  # the value returned must be what the last stage produced
         prev = _top_stages(ctx)[-2]
         x, spec_out, lp_out = inputs.get(prev), inputs.get(prev), None
@@ -564,7 +612,8 @@ def _compare_forward(ctx: _Context) -> None:
 def _drill_down(ctx: _Context, block: str, order: list[str]) -> None:
     """Every sub-op of a divergent block, propagated and isolated; the first failing one is named."""
     report = ctx.report
-    report.subops = [_compare(ctx, f"{block}.{s}", order) for s in sub_op_order(ctx.desc.profile.norm_placement)]
+    subs = sub_op_order(ctx.desc.profile.norm_placement, ctx.desc.profile.layer_scale)
+    report.subops = [_compare(ctx, f"{block}.{s}", order) for s in subs]
     bad = _first_failure(report.subops)
     if bad is not None:
         report.first_divergence_subop = bad.name

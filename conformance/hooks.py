@@ -2,7 +2,9 @@
 (``vitspec`` imports nothing from ``conformance`` by name; see :mod:`vitspec.plugins`):
 
 - :data:`COMMAND` (group ``vitspec.commands``): ``vitspec conform``, the same arguments, ``run``
-  and exit codes as ``python -m conformance`` (:mod:`conformance.cli`);
+  and exit codes as ``python -m conformance`` (:mod:`conformance.cli`); :data:`DIFF_COMMAND` and
+  :data:`CONVERT_COMMAND`: ``vitspec diff`` (:mod:`conformance.diff`) and ``vitspec convert``
+  (:mod:`conformance.conversion`);
 - :func:`spec_model_for_target` (group ``vitspec.target_models``): the spec model that computes
   what a third-party ViT computes, for ``vitspec attention-map --target``.
 
@@ -19,7 +21,7 @@ from vitspec.cli import Command
 if TYPE_CHECKING:
     from vitspec.models import ViTBase
 
-__all__ = ["COMMAND", "spec_model_for_target"]
+__all__ = ["COMMAND", "CONVERT_COMMAND", "DIFF_COMMAND", "spec_model_for_target"]
 
 COMMAND = Command(
     "conform",
@@ -28,6 +30,22 @@ COMMAND = Command(
     "Check a third-party ViT against TorchLean's ViT spec, stage by stage and gradient by gradient. "
     "Exit status: 0 conformant, 1 not conformant, 2 usage error / unknown target, 3 a model the spec "
     "cannot express (UNSUPPORTED), 4 --timeout reached.",
+)
+DIFF_COMMAND = Command(
+    "diff",
+    "do two ViTs (any libraries) compute the same function? weights, stages, gradients, through the spec",
+    "conformance.diff",
+    "Compare two ViTs through the spec: parameter agreement per spec key, then stage by stage and gradient by "
+    "gradient on the same seeded input, A vs B and each vs the spec, with the first point where they part and why "
+    "(weights or a variation point). Exit status: 0 same function, 1 not, 2 usage error, 3 unsupported model.",
+)
+CONVERT_COMMAND = Command(
+    "convert",
+    "rebuild a ViT in another library (timm, hf, torchvision, vit_pytorch) through the spec, verified",
+    "conformance.conversion",
+    "Build the target library's model for the same architecture, fill it bit for bit from the spec bundle, and "
+    "verify with diff before writing (-o OUT.safetensors). Exit status: 0 converted, 1 the result does not "
+    "compute the same function, 2 usage error, 3 the target library cannot express a variation point (named).",
 )
 
 

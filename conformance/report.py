@@ -168,14 +168,15 @@ class Report:
     """The result of :func:`conformance.check`.
 
     Fields: ``status`` (:class:`Status`), ``ok`` (PASS), ``forward_ok`` / ``backward_ok``
-    (``None`` when not run), ``first_divergence`` (first failing stage in forward order,
-    or ``None``) with ``first_divergence_subop`` (first failing sub-op inside a divergent
-    block, e.g. ``blocks.1.attn``), ``first_grad_divergence`` (first failing gradient group
-    in backward order: head first, input last), ``stages`` (ordered), ``subops`` (the
-    drill-down of the first divergent block), ``grads``, ``deviations`` (the model's
-    variation points vs the torchlean spec), ``description``, ``tolerance`` (the policy
-    and its numbers), ``notes``, ``environment``, ``elapsed_s``, ``reason`` (for
-    CRASH / UNSUPPORTED).
+    (``None`` when not run), ``first_divergence`` (the first stage in forward order that is
+    wrong *on its own inputs*, i.e. whose isolated error fails, or ``None``; the last stage,
+    ``output``, is the value the model returned) with ``first_divergence_subop`` (the first
+    sub-op of that block wrong on its own inputs, e.g. ``blocks.1.attn``),
+    ``first_grad_divergence`` (first failing gradient group in backward order: head first,
+    input last), ``stages`` (ordered), ``subops`` (the drill-down of the first divergent
+    block), ``grads``, ``deviations`` (the model's variation points vs the torchlean spec),
+    ``description``, ``tolerance`` (the policy and its numbers), ``notes``, ``environment``,
+    ``elapsed_s``, ``reason`` (one line: why any status other than PASS).
     """
 
     status: Status
@@ -381,7 +382,9 @@ class Report:
         from matplotlib.figure import Figure
 
         panels: list[tuple[str, list[tuple[str, float | None, float | None, bool | None]]]] = []
-        panels.append(("forward stages", [(s.name, s.rel_err, s.tol, s.ok) for s in self.stages]))
+        panels.append(
+            ("forward stages (bars: propagated; x: isolated)", [(s.name, s.rel_err, s.tol, s.ok) for s in self.stages])
+        )
         groups = self.grad_groups()
         if groups:
             rows = []
@@ -398,6 +401,10 @@ class Report:
         for i, (title, rows) in enumerate(panels):
             ax = fig.add_subplot(len(panels), 1, i + 1)
             _plot_panel(ax, rows)
+            if i == 0:  # the isolated error of each stage: where the model is wrong on its own inputs
+                iso = [(x, s.isolated_err) for x, s in enumerate(self.stages) if s.isolated_err]
+                ax.scatter([x for x, _ in iso], [e if math.isfinite(e) else 1e3 for _, e in iso], marker="x",
+                           color="k", zorder=3, label="isolated")  # fmt: skip
             ax.set_title(title, fontsize=9)
         fig.suptitle(textwrap.fill(self.headline(), 90), fontsize=9)
         fig.tight_layout()

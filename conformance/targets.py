@@ -19,7 +19,13 @@ Every kind but the last takes keyword overrides after ``?``, joined by ``&``:
 ``timm:vit_tiny_patch16_224?global_pool=avg&class_token=false``. Values are Python literals
 (``16``, ``1e-6``, ``(32, 32)``), ``true``/``false``/``none`` in any case, or else plain strings.
 For timm and torchvision they are constructor kwargs; for ``hf`` they override config fields;
-for ``vit_pytorch`` they override the preset's ``ViT`` arguments.
+for ``vit_pytorch`` they override the preset's ``ViT`` arguments (``SimpleViT=true`` builds a
+``vit_pytorch.SimpleViT`` from them instead).
+
+``input_hw=HxW`` (``vit_pytorch`` only) is not a constructor argument but the adapter's: vit-pytorch's
+``ViT`` does not store its image size, so ``vit_pytorch:cls?image_size=(32,64)&input_hw=32x64`` says
+it (an ``image_size`` override alone implies it). :func:`adapter_options` returns it; without it a
+non-square grid is refused ("cannot infer the image size"), never checked at a guessed size.
 
 Weights are random: ``torch.manual_seed(seed)`` runs first, so a target and a seed always give
 the same model. Nothing is downloaded: ``pretrained=true`` (or torchvision ``weights=...``) is
@@ -43,11 +49,13 @@ from torch import nn
 from vitspec.errors import VitSpecError
 
 __all__ = [
+    "ADAPTER_OPTIONS",
     "DEFAULT_TARGET",
     "HF_PRESETS",
     "LIBRARIES",
     "VIT_PYTORCH_PRESETS",
     "TargetError",
+    "adapter_options",
     "build_target",
     "parse_target",
 ]
@@ -84,6 +92,44 @@ HF_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 
 class TargetError(VitSpecError):
     """A target string cannot be turned into a model (unknown library or name, bad path, bad factory)."""
+
+
+#: Target options that go to the adapter, not the constructor: name -> the library whose adapter takes it.
+ADAPTER_OPTIONS: dict[str, str] = {"input_hw": "vit_pytorch"}
+
+
+def _hw(target: str, value: Any) -> tuple[int, int]:
+    """``32x64`` / ``(32, 64)`` / ``32`` -> ``(32, 64)`` / ``(32, 64)`` / ``(32, 32)``."""
+    if isinstance(value, str) and "x" in value.lower():
+        parts = value.lower().split("x")
+        value = tuple(int(p) for p in parts if p.strip().isdigit()) if len(parts) == 2 else value
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    ok = isinstance(value, tuple) and len(value) == 2
+    if not ok or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise TargetError(f"{target!r}: input_hw must be HxW with positive integers (e.g. 32x64), got {value!r}")
+    return value[0], value[1]
+
+
+def adapter_options(target: str) -> dict[str, Any]:
+    """The adapter keyword arguments a target string carries (``input_hw`` for vit-pytorch, see the module doc).
+
+    A ``vit_pytorch`` preset with an ``image_size`` override implies ``input_hw`` (the builder knows the size
+    the adapter cannot read off the model). Raises :class:`TargetError` for an option its library's adapter
+    does not take, or a malformed value.
+    """
+    kind, _, overrides = parse_target(target)
+    out: dict[str, Any] = {}
+    for key, lib in ADAPTER_OPTIONS.items():
+        if key in overrides:
+            if kind != lib:
+                raise TargetError(
+                    f"{target!r}: {key} is a {lib} option (the {kind} adapter reads the size off the model)"
+                )
+            out[key] = _hw(target, overrides[key])
+    if kind == "vit_pytorch" and "input_hw" not in out and "image_size" in overrides:
+        out["input_hw"] = _hw(target, overrides["image_size"])
+    return out
 
 
 def _literal(text: str) -> Any:
@@ -131,6 +177,8 @@ def build_target(target: str, *, seed: int = 0) -> tuple[nn.Module, str]:
     """
     kind, name, overrides = parse_target(target)
     _refuse_downloads(target, overrides)
+    for key in ADAPTER_OPTIONS:  # the adapter's, not the constructor's (adapter_options)
+        overrides.pop(key, None)
     build: Callable[[str, dict[str, Any]], nn.Module] = _BUILDERS[kind]
     torch.manual_seed(seed)
     try:
@@ -241,11 +289,15 @@ def _vit_pytorch(name: str, overrides: dict[str, Any]) -> nn.Module:
     if name not in VIT_PYTORCH_PRESETS:
         raise TargetError(f"unknown vit_pytorch preset {name!r}: presets {', '.join(VIT_PYTORCH_PRESETS)}")
     vp = _import("vit_pytorch")
+    simple = bool(overrides.pop("SimpleViT", False))  # SimpleViT=true: the fixed sin-cos, mean-pool model
     kwargs = {**VIT_PYTORCH_PRESETS[name], **overrides}
+    if simple:
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("pool", "dropout", "emb_dropout")}
+    cls = vp.SimpleViT if simple else vp.ViT
     try:
-        return vp.ViT(**kwargs)
+        return cls(**kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as err:
-        raise TargetError(f"vit_pytorch.ViT(**{kwargs}) failed: {err}") from err
+        raise TargetError(f"vit_pytorch.{cls.__name__}(**{kwargs}) failed: {err}") from err
 
 
 def _load_module(module: str) -> Any:

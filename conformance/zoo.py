@@ -88,6 +88,7 @@ class Entry:
     build: Callable[[], nn.Module]
     perturb: Perturbation
     features: tuple[str, ...] = ("vanilla",)
+    options: tuple[tuple[str, Any], ...] = ()  # adapter keyword arguments (vit-pytorch's input_hw)
 
 
 # -- builders (small: 2 blocks, width 32, 2 heads, images of at most 32x32) -------------------------
@@ -218,6 +219,70 @@ ZOO: tuple[Entry, ...] = (
         ("avg_pool_prefix",),
     ),
     E("timm-distilled", "timm", _timm_distilled, _t_mlp(), ("dist_token", "distilled_head")),
+    # perturbations at the sites the variation points add (sub-ops ls1/ls2, stage pre_norm, a gate, a 2nd head)
+    E(
+        "timm-layer-scale-ls1",
+        "timm",
+        partial(_timm_vit, init_values=0.1),
+        block(1, "ls1", "blocks.1.ls1"),
+        ("layer_scale",),
+    ),
+    E(
+        "timm-layer-scale-ls2",
+        "timm",
+        partial(_timm_vit, init_values=0.1),
+        block(0, "ls2", "blocks.0.ls2"),
+        ("layer_scale",),
+    ),
+    E(
+        "timm-pre-norm-perturbed",
+        "timm",
+        partial(_timm_vit, pre_norm=True),
+        Perturbation("norm_pre", "pre_norm"),
+        ("pre_norm", "patch_bias"),
+    ),
+    E(
+        "timm-qk-norm-perturbed",
+        "timm",
+        partial(_timm_vit, qk_norm=True),
+        block(0, "attn", "blocks.0.attn.k_norm"),
+        ("qk_norm",),
+    ),
+    E(
+        "timm-swiglu-gate-perturbed",
+        "timm",
+        partial(_timm_vit, "SwiGLU", act_layer="silu"),
+        block(1, "mlp", "blocks.1.mlp.fc1_g"),
+        ("glu",),
+    ),
+    E(
+        "timm-reg-pos-perturbed",
+        "timm",
+        partial(_timm_vit, reg_tokens=4),
+        Perturbation("pos_drop", "pos_embed"),
+        ("reg_tokens",),
+    ),
+    E(
+        "timm-rmsnorm-final-perturbed",
+        "timm",
+        partial(_timm_vit, norm_layer="rmsnorm"),
+        Perturbation("norm", "final_norm"),
+        ("rmsnorm",),
+    ),
+    E(
+        "timm-distilled-head-perturbed",
+        "timm",
+        _timm_distilled,
+        Perturbation("head_dist", "head"),
+        ("dist_token", "distilled_head"),
+    ),
+    E(
+        "timm-dynamic-size-patch-perturbed",
+        "timm",
+        partial(_timm_vit, dynamic_img_size=True),
+        Perturbation("patch_embed", "patch_embed"),
+        ("dynamic_img_size",),
+    ),
     # timm named models, reduced (2 blocks, width 32, 2 heads, 32x32)
     E("timm:vit_tiny_patch16_224", "timm", partial(_timm_named, "vit_tiny_patch16_224"), _t_mlp()),
     E("timm:vit_small_patch16_224", "timm", partial(_timm_named, "vit_small_patch16_224"), _T_ATTN0),
@@ -412,7 +477,13 @@ ZOO: tuple[Entry, ...] = (
     E("vit_pytorch-attn-perturbed", "vit_pytorch", _vp, _VP_ATTN),
     E("vit_pytorch-dim-head-64", "vit_pytorch", partial(_vp, dim_head=64), _VP_MLP, ("attn_dim",)),
     E("vit_pytorch-dim-head-8", "vit_pytorch", partial(_vp, dim_head=8), _VP_MLP, ("attn_dim",)),
-    E("vit_pytorch-non-square", "vit_pytorch", partial(_vp, image_size=(16, 32)), _VP_MLP),
+    E(
+        "vit_pytorch-non-square",
+        "vit_pytorch",
+        partial(_vp, image_size=(16, 32)),
+        _VP_MLP,
+        options=(("input_hw", (16, 32)),),
+    ),
     E("vit_pytorch-1-channel", "vit_pytorch", partial(_vp, channels=1), _VP_MLP),
     E("vit_pytorch-simple", "vit_pytorch", partial(_vp, "SimpleViT", dim_head=16), _VP_MLP, ("sincos_2d",)),
     E(
@@ -463,6 +534,15 @@ def _exercise(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+def _adapter(entry: Entry, model: nn.Module) -> Any:
+    """The adapter an entry's options ask for (``None``: let :func:`conformance.check` detect it)."""
+    if not entry.options:
+        return None
+    from .adapters import detect
+
+    return detect(model, **dict(entry.options))
+
+
 def _divergence(report: Any) -> str:
     where = report.first_divergence or "?"
     return where + (f" / {report.first_divergence_subop}" if report.first_divergence_subop else "")
@@ -475,7 +555,7 @@ def run_entry(entry: Entry, *, seed: int = 0, perturb: bool = True) -> Result:
         model = _build(entry, seed)
     except Exception as e:  # any library error building the config is a zoo result, not a crash
         return Result(entry, "BUILD-ERROR", f"{type(e).__name__}: {e}".splitlines()[0], verdict="not run")
-    report = check(model, seed=seed)
+    report = check(model, seed=seed, adapter=_adapter(entry, model))
     res = Result(entry, str(report.status), report.reason.splitlines()[0] if report.reason else "")
     if report.status == Status.MISMATCH:
         res.reason = f"unmodified model diverges at {_divergence(report)}"
@@ -484,7 +564,7 @@ def run_entry(entry: Entry, *, seed: int = 0, perturb: bool = True) -> Result:
     elif perturb:
         bad = _build(entry, seed)
         entry.perturb(bad)
-        rp = check(bad, seed=seed)
+        rp = check(bad, seed=seed, adapter=_adapter(entry, bad))
         if rp.status == Status.PASS:
             res.perturbed, res.verdict = "PASS", "MISSED (false PASS)"
         else:

@@ -305,8 +305,8 @@ def test_unknown_modules_are_probed() -> None:
     m.blocks[1].mlp.act = MyGELU()
     d = detect(m).describe()
     assert d.profile.activation == "gelu_erf" and not any("MyGELU" in n for n in d.notes)
-    m.blocks[1].mlp.act = nn.SiLU()
-    with pytest.raises(Unsupported, match=r"blocks\.1\.mlp\.act is SiLU, which matches no spec .* \(closest gelu_erf"):
+    m.blocks[1].mlp.act = nn.Softplus()
+    with pytest.raises(Unsupported, match=r"blocks\.1\.mlp\.act is Softplus, which matches no spec .* \(closest "):
         detect(m).describe()
 
     class MyNorm(nn.Module):  # a LayerNorm in all but name
@@ -375,26 +375,21 @@ def _hf_mim() -> nn.Module:
 
 
 UNSUPPORTED: dict[str, tuple[Callable[[], nn.Module], str]] = {
-    "timm_reg_tokens": (lambda: _timm(reg_tokens=4), "register tokens"),
-    "timm_layer_scale": (lambda: _timm(init_values=1e-5), "layer scale"),
-    "timm_qk_norm": (lambda: _timm(qk_norm=True), "qk_norm"),
     "timm_map_pool": (lambda: _timm(global_pool="map"), "attention pooling"),
     "timm_no_pool": (lambda: _timm(global_pool=""), "global_pool=''"),
     "timm_max_pool": (lambda: _timm(global_pool="max", class_token=False), "global_pool='max'"),
-    "timm_dynamic_size": (lambda: _timm(dynamic_img_size=True), "dynamic_img_size"),
-    "timm_no_embed_class": (lambda: _timm(no_embed_class=True), "no_embed_class"),
-    "timm_pre_norm": (lambda: _timm(pre_norm=True), "pre_norm"),
     "timm_patch_norm": (lambda: _timm(embed_norm_layer="layernorm"), "patch_embed.norm"),
-    "timm_no_pos": (lambda: _timm(pos_embed="none"), "no position embedding"),
     "timm_both_norms": (_timm_both_norms, "both norm and fc_norm"),
     "timm_res_post_block": (_timm_res_post, "ResPostBlock"),
-    "timm_glu_mlp": (_timm_glu, "GluMlp"),
-    "timm_mlp_no_bias": (lambda: _timm(proj_bias=False), "proj_bias=False"),
     "timm_head_not_linear": (_timm_seq_head, "head is Sequential"),
+    # Register tokens, layer scale, qk-norm, dynamic size, no_embed_class, pre-norm, no position
+    # table, GLU and bias-free MLPs are variation points now (tests/test_variations.py, tests/test_zoo.py).
+    "timm_scale_mlp_norm": (lambda: _timm(scale_mlp_norm=True), "scale_mlp_norm"),
+    "timm_scale_attn_norm": (lambda: _timm(scale_attn_norm=True), "scale_attn_norm"),
     "timm_relu6": (_timm_relu6, "ReLU6"),
     "tv_representation": (lambda: _tv(representation_size=16), "representation_size"),
     "tv_conv_stem": (_tv_conv_stem, "conv stem"),
-    "hf_silu": (lambda: _hf(hidden_act="silu"), "SiLU"),
+    "hf_mish": (lambda: _hf(hidden_act="mish"), "which matches no spec candidate"),
     "hf_masked_image_modeling": (_hf_mim, "ViTForMaskedImageModeling"),
     "vp_dim_head": (lambda: _vp(dim_head=16), "dim_head * heads"),
     "vp_no_out_proj": (lambda: _vp(heads=1, dim_head=32), "no output projection"),
@@ -417,8 +412,8 @@ def test_unsupported_features_are_named(name: str) -> None:
 
 def test_repeated_problems_are_grouped() -> None:
     with pytest.raises(Unsupported) as err:
-        detect(_timm(init_values=1e-5, depth=3)).describe()
-    assert err.value.reason == "blocks.{0..2}: layer scale (ls1/ls2, init_values)"
+        detect(_timm(scale_mlp_norm=True, depth=3)).describe()
+    assert err.value.reason == "blocks.{0..2}.mlp: scale_mlp_norm (a norm inside the MLP)"
     with pytest.raises(Unsupported, match=r"a\.\{1,3\}: x; b"):
         raise_unsupported(["a.1: x", "b", "a.3: x"], "lib")
     raise_unsupported([], "lib")  # nothing to say: no error

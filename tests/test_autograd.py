@@ -79,8 +79,9 @@ def test_spec_vit_holds_the_spec_parameters_under_spec_keys() -> None:
     for k, t in back.state_dict().items():
         assert torch.equal(t, spec.state_dict()[k]) and not t.requires_grad
     x, _ = data()
-    torch.testing.assert_close(mod(x), spec.forward(x), rtol=0, atol=0)
-    torch.testing.assert_close(mod(x[0]), spec.forward(x[0]), rtol=0, atol=0)
+    # Not bit for bit: a forward that keeps nothing runs the fused attention kernel (tests/test_fast_forward.py).
+    torch.testing.assert_close(mod(x), spec.forward(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(mod(x[0]), spec.forward(x[0]), rtol=1e-12, atol=1e-12)
     with pytest.raises(ConfigError):
         SpecViT(spec, mode="fast")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):

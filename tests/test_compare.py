@@ -239,9 +239,9 @@ def test_cuda_missing_is_a_config_error() -> None:
 
 # -- non-PASS statuses -----------------------------------------------------------------------
 def test_unsupported_feature() -> None:
-    r = check(tiny(reg_tokens=2))
+    r = check(tiny(global_pool="map"))
     assert r.status is Status.UNSUPPORTED and r.exit_code == 3
-    assert "register tokens" in r.reason and r.stages == []
+    assert "attention pooling" in r.reason and r.stages == []
 
 
 def test_no_adapter_is_unsupported() -> None:
@@ -396,3 +396,33 @@ def test_declared_lower_precision_keeps_its_teeth() -> None:
     bad = check(m, grads=False)
     assert (bad.first_divergence, bad.first_divergence_subop) == ("blocks.1", "blocks.1.norm2")
     assert bad.stage("blocks.1.norm2").isolated_tol == r.tolerance["fwd_tol64"]
+
+
+def _under_autocast(self: nn.Module, x: Tensor) -> Tensor:
+    """The module's own forward inside ``torch.autocast(bfloat16)``, cast back to the input's dtype."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = type(self).forward(self, x)
+    return y.to(x.dtype)
+
+
+def test_autocast_region_is_seen_at_run_time() -> None:
+    """A module the model runs under autocast is found while the model runs, named with its dtype, and
+    judged against the spec in bfloat16; the stages before it keep float32's rule. In a float64 check
+    autocast casts nothing, and the report says so instead of loosening anything."""
+    import types
+
+    m = tiny()
+    m.blocks[1].mlp.forward = types.MethodType(_under_autocast, m.blocks[1].mlp)
+    r = check(m, dtype="float32")
+    assert r.status is Status.PASS, r.to_markdown()
+    assert any(n.startswith("precision: the ops inside a torch.autocast region runs in bfloat16 at blocks.1.mlp")
+               for n in r.notes), r.notes  # fmt: skip
+    assert r.stage("blocks.0").precision == "" and r.stage("blocks.1").precision == "bfloat16"
+    assert r.stage("blocks.1").tol > 100 * r.stage("blocks.0").tol
+    m.blocks[0].norm1.eps = 1e-5  # upstream of the region, float32's own rule still applies
+    bad = check(m, dtype="float32", grads=False)
+    assert (bad.first_divergence, bad.first_divergence_subop) == ("blocks.0", "blocks.0.norm1")
+    m.blocks[0].norm1.eps = 1e-6
+    r64 = check(m, grads=False)
+    assert r64.ok and "declared" not in r64.tolerance
+    assert any("autocast does not cast float64 ops" in n for n in r64.notes)

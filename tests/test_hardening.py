@@ -800,6 +800,8 @@ def test_fuzz_cli_argument_vectors(
     # drawing are stubbed, and a conform target is never a buildable one.
     monkeypatch.setattr(vitspec.train, "train_digits", lambda *a, **k: pytest.fail("fuzz must not train"))
     monkeypatch.setattr(vitspec.viz, "save_attention_png", lambda *a, **k: atomic_write_text(a[3], "png"))
+    # Default output names (attention.png) land in the test's own directory, never the repo.
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
     (out / "f").write_text("a file, not a directory")

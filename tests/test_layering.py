@@ -107,7 +107,11 @@ def test_conform_command_comes_from_the_entry_point() -> None:
 def test_entry_points_fall_back_to_pyproject_in_an_uninstalled_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(metadata, "entry_points", lambda **kw: [])
     got = {ep.name: ep.value for ep in plugins.declared(plugins.COMMANDS_GROUP)}
-    assert got == {"conform": "conformance.hooks:COMMAND"}
+    assert got == {
+        "conform": "conformance.hooks:COMMAND",
+        "diff": "conformance.hooks:DIFF_COMMAND",
+        "convert": "conformance.hooks:CONVERT_COMMAND",
+    }
     got = {ep.name: ep.value for ep in plugins.declared(plugins.TARGET_MODELS_GROUP)}
     assert got == {"conformance": "conformance.hooks:spec_model_for_target"}
 

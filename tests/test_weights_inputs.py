@@ -8,6 +8,7 @@ image stays uniform through resize and crop, so each channel is ``(v/255 - mean)
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,43 @@ def test_training_checkpoints_are_unwrapped(tmp_path: Path) -> None:
     assert _equal_state(model, source)
 
 
+def _legacy_hf_key(key: str) -> str:
+    """The name transformers 4 (and the hub's ViT checkpoints) give a ViT parameter; identity there."""
+    key = re.sub(r"^vit\.layers\.", "vit.encoder.layer.", key)
+    renames = (
+        ("attention.q_proj", "attention.attention.query"),
+        ("attention.k_proj", "attention.attention.key"),
+        ("attention.v_proj", "attention.attention.value"),
+        ("attention.o_proj", "attention.output.dense"),
+        ("mlp.fc1", "intermediate.dense"),
+        ("mlp.fc2", "output.dense"),
+    )
+    for new, old in renames:
+        key = key.replace(new, old)
+    return key
+
+
+def test_hf_checkpoint_with_older_key_names_loads(tmp_path: Path) -> None:
+    source, _ = build_target(TINY["hf"], seed=1)
+    legacy = {_legacy_hf_key(k): v for k, v in source.state_dict().items()}
+    path = _save(legacy, tmp_path / "model.safetensors")
+    model, _ = build_target(TINY["hf"], seed=2)
+    load_weights(model, path)
+    assert _equal_state(model, source)
+
+
+def test_hf_renaming_stays_strict(tmp_path: Path) -> None:
+    source, _ = build_target(TINY["hf"], seed=1)
+    legacy = {_legacy_hf_key(k): v for k, v in source.state_dict().items() if not k.startswith("classifier.")}
+    path = _save(legacy, tmp_path / "model.safetensors")
+    model, _ = build_target(TINY["hf"], seed=2)
+    with pytest.raises(WeightsError) as info:
+        load_weights(model, path)
+    msg = str(info.value)
+    assert "2 missing: classifier.bias, classifier.weight" in msg and "\n" not in msg
+    assert "unexpected" not in msg  # the renaming explained every other key
+
+
 def test_key_mismatch_lists_missing_unexpected_and_misshaped(tmp_path: Path) -> None:
     model, _ = build_target(TINY["timm"], seed=0)
     sd = dict(model.state_dict())
@@ -157,6 +195,15 @@ def test_cli_key_mismatch_exits_2_with_one_line(tmp_path: Path, capsys) -> None:
     assert main([TINY["timm"], "--weights", str(path), "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not match the model" in err and "missing" in err
+
+
+def test_foreign_checkpoint_on_an_hf_target_is_one_line_too(tmp_path: Path, capfd) -> None:
+    # The renaming fallback runs transformers' loader, which must print nothing of its own.
+    other, _ = build_target(TINY["timm"], seed=0)
+    path = _save(other.state_dict(), tmp_path / "timm.safetensors")
+    assert main([TINY["hf"], "--weights", str(path), "-q"]) == 2
+    out, err = capfd.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "does not match the model" in err
 
 
 def test_load_state_dict_refuses_pickled_code(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from conformance import zoo
 from conformance.zoo import ZOO, Entry, Perturbation, run_entry
 
-_STAGE = re.compile(r"^(patch_embed|pos_embed|blocks\.\d+|final_norm|pool|head)$")
+_STAGE = re.compile(r"^(patch_embed|pos_embed|pre_norm|blocks\.\d+|final_norm|pool|head)$")
 
 
 def test_registry_is_large_unique_and_covers_every_library() -> None:
@@ -25,7 +25,7 @@ def test_every_perturbation_names_a_spec_stage_and_its_own_sub_op() -> None:
         assert _STAGE.match(p.stage), (e.id, p.stage)
         if p.stage.startswith("blocks."):
             assert p.sub_op is not None and p.sub_op.startswith(p.stage + "."), (e.id, p.sub_op)
-            assert p.sub_op.rsplit(".", 1)[1] in ("norm1", "attn", "norm2", "mlp"), (e.id, p.sub_op)
+            assert p.sub_op.rsplit(".", 1)[1] in ("norm1", "attn", "ls1", "norm2", "mlp", "ls2"), (e.id, p.sub_op)
 
 
 def test_every_variation_point_of_issue_11_is_in_the_zoo() -> None:

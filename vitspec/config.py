@@ -310,45 +310,49 @@ def config_violations(
 def _variation_violations(cfg: ViTConfig, variant: Variant, profile: Profile) -> list[Violation]:
     """What the variation fields (:data:`vitspec.profiles.VARIATION_FIELDS`) demand of each other, the
     variant and the config: combinations no library builds are refused, never silently reinterpreted."""
-    p, why = profile, f"profile {profile.name!r}"
-    rules: list[tuple[bool, str, str, str, str]] = []  # (violated, field, condition, actual, note)
+    p = profile
+    out: list[Violation] = []
+
+    def rule(bad: bool, field: str, condition: str, actual: str, note: str = "") -> None:
+        if bad:
+            why = f"profile {p.name!r}" + (f"; {note}" if note else "")
+            out.append(Violation(field, f"extra:variation_{field}", condition, actual, why))
+
     for f, on in (("layer_scale", p.layer_scale), ("qk_norm", p.qk_norm), ("ffn", p.ffn == "glu"),
                   ("norm", p.norm == "rms")):  # fmt: skip
-        rules.append((on and p.norm_placement != "pre", f, f"norm_placement == 'pre' with {f}={getattr(p, f)!r}",
-                      f"norm_placement={p.norm_placement!r}", "no library combines it with post-norm"))  # fmt: skip
-    rules.append((p.qk_norm and p.head_split != "reshape_swap", "qk_norm", "head_split == 'reshape_swap' with qk_norm",
-                  f"head_split={p.head_split!r}", "the libraries' head split"))  # fmt: skip
+        rule(on and p.norm_placement != "pre", f, f"norm_placement == 'pre' with {f}={getattr(p, f)!r}",
+             f"norm_placement={p.norm_placement!r}", "no library combines it with post-norm")  # fmt: skip
+    rule(p.qk_norm and p.head_split != "reshape_swap", "qk_norm", "head_split == 'reshape_swap' with qk_norm",
+         f"head_split={p.head_split!r}", "qk-norm follows the libraries' head split")  # fmt: skip
     prefix = schema.prefix_count(variant, p)
-    sincos = p.pos_embed.startswith("sincos")
-    rules.append((sincos and prefix > 0, "pos_embed", "no prefix tokens with a fixed sin-cos table",
-                  f"pos_embed={p.pos_embed!r} with {prefix} prefix token(s)", "no library adds a fixed table to prefix rows"))  # fmt: skip
-    rules.append((p.pos_embed.startswith("sincos_2d") and cfg.embed_dim % 4 != 0, "embed_dim",
-                  "embed_dim % 4 == 0 for a 2-D sin-cos table", f"embed_dim={cfg.embed_dim}", ""))  # fmt: skip
-    rules.append((p.pos_embed == "sincos_2d" and cfg.embed_dim < 8, "embed_dim", "embed_dim >= 8 for sincos_2d",
-                  f"embed_dim={cfg.embed_dim}", "vit-pytorch divides by embed_dim/4 - 1"))  # fmt: skip
-    rules.append((p.pos_prefix != "all" and p.pos_embed != "learned", "pos_prefix",
-                  "pos_prefix == 'all' unless pos_embed == 'learned'", f"pos_prefix={p.pos_prefix!r}, "
-                  f"pos_embed={p.pos_embed!r}", ""))  # fmt: skip
-    rules.append((p.pos_prefix == "cls" and variant != "cls", "pos_prefix", "variant 'cls' for pos_prefix='cls'",
-                  f"variant={variant!r}", ""))  # fmt: skip
-    rules.append((p.head == "distilled" and not p.dist_token, "head",
-                  "dist_token=True for head='distilled'", f"dist_token={p.dist_token}", ""))  # fmt: skip
-    rules.append((p.dist_token and variant != "cls", "dist_token", "variant 'cls' with a distillation token",
-                  f"variant={variant!r}", "DeiT has a class token"))  # fmt: skip
-    rules.append((p.head == "distilled" and (p.head_norm or not p.head_bias or p.final_norm == "after_pool"), "head",
-                  "head='distilled' without a head norm, with head biases, final_norm != 'after_pool'",
-                  f"head_norm={p.head_norm}, head_bias={p.head_bias}, final_norm={p.final_norm!r}",
-                  "DeiT's two heads read rows 0 and 1 of the final-normed sequence"))  # fmt: skip
-    rules.append((p.pooling == "cls_mean_concat" and variant != "cls", "pooling",
-                  "variant 'cls' for pooling='cls_mean_concat'", f"variant={variant!r}", ""))  # fmt: skip
-    rules.append((p.ffn == "glu" and p.activation not in ("silu", "sigmoid", "gelu_erf", "gelu_tanh"), "activation",
-                  "a gate activation (silu, sigmoid, gelu_erf, gelu_tanh) with ffn='glu'",
-                  f"activation={p.activation!r}", "with ffn='glu' the activation is the gate's"))  # fmt: skip
-    rules.append((p.patch_embed == "linear_ln" and (p.norm != "layer" or not p.patch_bias), "patch_embed",
-                  "norm='layer' and patch_bias with patch_embed='linear_ln'", f"norm={p.norm!r}, "
-                  f"patch_bias={p.patch_bias}", "vit-pytorch's patch norms are LayerNorms with a biased Linear"))  # fmt: skip
-    return [
-        Violation(f, f"extra:variation_{f}", cond, actual, f"{why}" + (f"; {note}" if note else ""))
-        for bad, f, cond, actual, note in rules
-        if bad
-    ]
+    rule(p.pos_embed.startswith("sincos") and prefix > 0, "pos_embed", "no prefix token with a fixed sin-cos table",
+         f"pos_embed={p.pos_embed!r} with {prefix} prefix token(s)",
+         "no library adds a fixed table to prefix rows")  # fmt: skip
+    rule(p.pos_embed.startswith("sincos_2d") and cfg.embed_dim % 4 != 0, "embed_dim",
+         "embed_dim % 4 == 0 for a 2-D sin-cos table", f"embed_dim={cfg.embed_dim}")  # fmt: skip
+    rule(p.pos_embed == "sincos_2d" and cfg.embed_dim < 8, "embed_dim", "embed_dim >= 8 for sincos_2d",
+         f"embed_dim={cfg.embed_dim}", "vit-pytorch divides by embed_dim/4 - 1")  # fmt: skip
+    rule(p.pos_prefix != "all" and p.pos_embed != "learned", "pos_prefix",
+         "pos_prefix == 'all' unless pos_embed == 'learned'",
+         f"pos_prefix={p.pos_prefix!r}, pos_embed={p.pos_embed!r}")  # fmt: skip
+    rule(p.pos_prefix == "cls" and variant != "cls", "pos_prefix", "variant 'cls' for pos_prefix='cls'",
+         f"variant={variant!r}")  # fmt: skip
+    rule(p.head == "distilled" and not p.dist_token, "head", "dist_token=True for head='distilled'",
+         f"dist_token={p.dist_token}")  # fmt: skip
+    rule(p.dist_token and variant != "cls", "dist_token", "variant 'cls' with a distillation token",
+         f"variant={variant!r}", "DeiT has a class token")  # fmt: skip
+    rule(p.head == "distilled" and (p.head_norm or not p.head_bias or p.final_norm == "after_pool"), "head",
+         "head='distilled' with head biases, no head norm and final_norm != 'after_pool'",
+         f"head_norm={p.head_norm}, head_bias={p.head_bias}, final_norm={p.final_norm!r}",
+         "DeiT's two heads read rows 0 and 1 of the final-normed sequence")  # fmt: skip
+    rule(p.pooling == "cls_mean_concat" and (variant != "cls" or p.final_norm == "after_pool" or p.head_norm),
+         "pooling", "variant 'cls', final_norm != 'after_pool' and no head norm for pooling='cls_mean_concat'",
+         f"variant={variant!r}, final_norm={p.final_norm!r}, head_norm={p.head_norm}",
+         "the pooled vector is 2*embed_dim wide; HF DINOv2 normalises before the pool")  # fmt: skip
+    rule(p.ffn == "glu" and p.activation not in ("silu", "sigmoid", "gelu_erf", "gelu_tanh"), "activation",
+         "a gate activation (silu, sigmoid, gelu_erf, gelu_tanh) with ffn='glu'", f"activation={p.activation!r}",
+         "with ffn='glu' the activation is the gate's")  # fmt: skip
+    rule(p.patch_embed == "linear_ln" and (p.norm != "layer" or not p.patch_bias), "patch_embed",
+         "norm='layer' and patch_bias with patch_embed='linear_ln'", f"norm={p.norm!r}, patch_bias={p.patch_bias}",
+         "vit-pytorch's patch norms are LayerNorms around a biased Linear")  # fmt: skip
+    return out

@@ -154,10 +154,8 @@ class Dims:
         t = oh * ow
         hd = cfg.head_dim
         variant = "cls" if cls_token else "mean"
-        extra: dict[str, int] = {}
-        if profile is not None:
-            extra = schema.dim_sizes(cfg, in_c, in_h, in_w, variant=variant, profile=profile)
-            hd = extra["head_dim"]
+        extra = schema.dim_sizes(cfg, in_c, in_h, in_w, variant=variant, profile=profile)
+        hd = extra["head_dim"]
         values = {
             "channels": in_c,
             "in_h": in_h,
@@ -179,17 +177,17 @@ class Dims:
         plus = " + 1" if cls_token else ""
         tok = f"tokens = out_h*out_w{plus} = {oh}*{ow}{plus} = {values['tokens']}"
         hd_formula = f"head_dim = embed_dim/head_count = {cfg.embed_dim}/{cfg.head_count} = {hd} (floor)"
+        n_pre = extra["tokens"] - t
+        if n_pre != (1 if cls_token else 0):  # prefix tokens beyond CLS (a profile's variation points)
+            values["tokens"] = extra["tokens"]
+            tok = f"tokens = out_h*out_w + prefix = {oh}*{ow} + {n_pre} = {values['tokens']}"
+            tok += f" (profile {profile.name})"
+        if profile is not None and profile.head_dim is not None:
+            hd_formula = f"head_dim = {hd} (profile {profile.name})"
         more: dict[str, str] = {}
-        if extra:
-            n_pre = extra["tokens"] - t
-            if n_pre != (1 if cls_token else 0):
-                values["tokens"] = extra["tokens"]
-                tok = f"tokens = out_h*out_w + prefix = {oh}*{ow} + {n_pre} = {values['tokens']} (profile {profile.name})"
-            if profile.head_dim is not None:
-                hd_formula = f"head_dim = {hd} (profile {profile.name})"
-            for name in ("registers", "pos_rows", "pooled"):
-                values[name] = extra[name]
-                more[name] = f"{name} = {extra[name]} (profile {profile.name})"
+        for name in ("registers", "pos_rows", "pooled"):
+            values[name] = extra[name]
+            more[name] = f"{name} = {extra[name]}" + (f" (profile {profile.name})" if profile is not None else "")
         formulas = {
             "channels": f"channels = in_c = {in_c}",
             "in_h": f"in_h = {in_h} (the model's input height)",

@@ -137,7 +137,6 @@ class Profile:
             "norm": NORM_KINDS,
             "ffn": FFN_KINDS,
             "head": HEAD_KINDS,
-            **{f: (True, False) for f in _FLAGS},
         }
         bad = [
             f"{k}={getattr(self, k)!r} (valid: {', '.join(map(repr, v))})"
@@ -146,6 +145,11 @@ class Profile:
         ]
         if not (isinstance(self.ln_eps, float | int) and not isinstance(self.ln_eps, bool) and self.ln_eps > 0):
             bad.append(f"ln_eps={self.ln_eps!r} (must be a positive number)")
+        bad += [
+            f"{f}={getattr(self, f)!r} (must be True or False)"
+            for f in _FLAGS
+            if not isinstance(getattr(self, f), bool)
+        ]
         for f, lo in (("head_dim", 1), ("reg_tokens", 0)):
             v = getattr(self, f)
             if not (v is None and f == "head_dim") and not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):

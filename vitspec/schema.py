@@ -207,13 +207,15 @@ class When:
     text: str = "always"
     variant: Variant | None = None
     flag: Callable[[ProfileLike], bool] | None = None
+    spec: bool = False  # the flag holds under TorchLean's values of the variation fields (a spec parameter)
 
     def holds(self, variant: str, profile: ProfileLike) -> bool:
         return (self.variant is None or self.variant == variant) and (self.flag is None or self.flag(profile))
 
     def required(self, variant: str) -> bool:
-        """Present in every model of ``variant``, whatever the profile (a grads record demands it)."""
-        return self.flag is None and (self.variant is None or self.variant == variant)
+        """Present in every model of ``variant`` unless a variation field removes it (a grads record demands
+        it): the spec's own parameters; ``pos``, ``ffn.b1`` are absent only under ``pos_embed``, ``ffn_bias``."""
+        return (self.flag is None or self.spec) and (self.variant is None or self.variant == variant)
 
 
 ALWAYS = When()
@@ -225,10 +227,10 @@ _FINAL_NORM = When('profile.final_norm != "none"', flag=lambda p: p.final_norm !
 _HEAD_NORM = When("profile.head_norm", flag=lambda p: p.head_norm)
 # Variation points (vitspec.primitives.variations); TorchLean's values keep every row above.
 _LN = 'profile.norm == "layer"'
-_PATCH_BIAS = When("profile.patch_bias", flag=lambda p: p.patch_bias)
+_PATCH_BIAS = When("profile.patch_bias", flag=lambda p: p.patch_bias, spec=True)
 _DIST = When("profile.dist_token", flag=lambda p: p.dist_token)
 _REG = When("profile.reg_tokens > 0", flag=lambda p: p.reg_tokens > 0)
-_POS = When('profile.pos_embed == "learned"', flag=lambda p: p.pos_embed == "learned")
+_POS = When('profile.pos_embed == "learned"', flag=lambda p: p.pos_embed == "learned", spec=True)
 _PRE_NORM = When("profile.pre_norm", flag=lambda p: p.pre_norm)
 _PRE_NORM_LN = When(f"profile.pre_norm and {_LN}", flag=lambda p: p.pre_norm and p.norm == "layer")
 _LAYER_SCALE = When("profile.layer_scale", flag=lambda p: p.layer_scale)
@@ -236,11 +238,13 @@ _QK_NORM = When("profile.qk_norm", flag=lambda p: p.qk_norm)
 _QK_NORM_LN = When(f"profile.qk_norm and {_LN}", flag=lambda p: p.qk_norm and p.norm == "layer")
 _GLU = When('profile.ffn == "glu"', flag=lambda p: p.ffn == "glu")
 _GLU_BIAS = When('profile.ffn == "glu" and profile.ffn_bias', flag=lambda p: p.ffn == "glu" and p.ffn_bias)
-_FFN_BIAS = When("profile.ffn_bias", flag=lambda p: p.ffn_bias)
-_NORM_BETA = When(_LN, flag=lambda p: p.norm == "layer")
-_FINAL_NORM_LN = When(f'profile.final_norm != "none" and {_LN}', flag=lambda p: p.final_norm != "none" and p.norm == "layer")
+_FFN_BIAS = When("profile.ffn_bias", flag=lambda p: p.ffn_bias, spec=True)
+_NORM_BETA = When(_LN, flag=lambda p: p.norm == "layer", spec=True)
+_FINAL_NORM_LN = When(
+    f'profile.final_norm != "none" and {_LN}', flag=lambda p: p.final_norm != "none" and p.norm == "layer"
+)
 _HEAD_NORM_LN = When(f"profile.head_norm and {_LN}", flag=lambda p: p.head_norm and p.norm == "layer")
-_HEAD_BIAS = When("profile.head_bias", flag=lambda p: p.head_bias)
+_HEAD_BIAS = When("profile.head_bias", flag=lambda p: p.head_bias, spec=True)
 _DISTILLED = When('profile.head == "distilled"', flag=lambda p: p.head == "distilled")
 
 

@@ -30,12 +30,13 @@ from vitspec.errors import MappingError, VitSpecError
 from vitspec.profiles import Profile
 from vitspec.schema import STAGES, Activation, Variant, param_keys, stage_names
 
-from .probe import PROBE_TOL, probe_activation, probe_layer_norm
+from .probe import PROBE_TOL, probe_activation, probe_layer_norm, probe_rms_norm
 
 __all__ = [
     "Adapter",
     "CapturePoint",
     "Description",
+    "LayerPaths",
     "LowPrecision",
     "PerLayer",
     "Rule",
@@ -47,6 +48,7 @@ __all__ = [
     "as_vector",
     "check_layer_norm",
     "check_linear",
+    "check_rms_norm",
     "consensus",
     "conv_geometry",
     "copy",
@@ -56,11 +58,14 @@ __all__ = [
     "fused_qkv_rules",
     "identity_head",
     "inp",
+    "layer_rules",
+    "layer_taps",
     "linear_rules",
     "norm_rules",
     "out",
     "overridden",
     "raise_unsupported",
+    "read_layer",
     "spec_keys",
     "split_rows",
     "squeeze_to",
@@ -287,12 +292,12 @@ def linear_rules(
     return rules
 
 
-def norm_rules(src: str, prefix: str, dim: int, *, aliases: str | None = None) -> list[Rule]:
-    """LayerNorm at ``src`` -> spec ``{prefix}_gamma`` / ``{prefix}_beta``."""
-    return [
-        Rule(f"{src}.weight", (f"{prefix}_gamma",), (dim,), copy, _alias(aliases, "weight")),
-        Rule(f"{src}.bias", (f"{prefix}_beta",), (dim,), copy, _alias(aliases, "bias")),
-    ]
+def norm_rules(src: str, prefix: str, dim: int, *, aliases: str | None = None, beta: bool = True) -> list[Rule]:
+    """LayerNorm at ``src`` -> spec ``{prefix}_gamma`` / ``{prefix}_beta`` (``beta=False``: an RMSNorm, weight only)."""
+    rules = [Rule(f"{src}.weight", (f"{prefix}_gamma",), (dim,), copy, _alias(aliases, "weight"))]
+    if beta:
+        rules.append(Rule(f"{src}.bias", (f"{prefix}_beta",), (dim,), copy, _alias(aliases, "bias")))
+    return rules
 
 
 def fused_qkv_rules(src: str, layer: int, attn_dim: int, embed_dim: int, *, bias: bool) -> list[Rule]:
@@ -400,12 +405,106 @@ def expected_stages(desc: Description) -> list[str]:
         has_head=desc.has_head,
         sub_ops=True,
         norm_placement=p.norm_placement,
+        pre_norm=p.pre_norm,
+        layer_scale=p.layer_scale,
+        pooled=p.head != "distilled",
     )
     return [n for n in names if n != STAGES[-1].name]
 
 
+# -- the per-layer table: one row of module paths per encoder layer -------------------------
+@dataclass(frozen=True)
+class LayerPaths:
+    """Where one encoder layer's pieces live in the library model (module paths from the model root).
+
+    ``qkv`` is either a fused ``[q; k; v]`` prefix up to ``weight``/``bias`` (timm ``"blocks.0.attn.qkv."``,
+    torch ``"...self_attention.in_proj_"``) or three ``nn.Linear`` paths. ``attn`` and ``mlp`` are the
+    modules whose outputs are the sub-ops (before the residual adds); ``attn_in`` / ``mlp_in`` the
+    modules that consume ``norm1`` / ``norm2`` (their inputs are those sub-ops' outputs, observed
+    even when a library skips the norm module). ``block`` is the layer module (``None`` when the
+    residual sums run in the parent, as in vit-pytorch). ``tuple_out``: attention and layer return
+    ``(output, ...)``. ``aliases``: the same tensors under another layout (transformers 4.x names).
+    The key map (:func:`layer_rules`), the stage table (:func:`layer_taps`) and the per-layer
+    reading (:func:`read_layer`) are all built from this one row.
+    """
+
+    norm1: str
+    attn: str
+    qkv: str | tuple[str, str, str]
+    proj: str
+    norm2: str
+    mlp: str
+    fc1: str
+    act: str
+    fc2: str
+    attn_in: str
+    mlp_in: str
+    block: str | None = None
+    tuple_out: bool = False
+    aliases: LayerPaths | None = None
+
+
+def layer_rules(t: LayerPaths, i: int, *, embed: int, hidden: int, attn: int, profile: Profile) -> list[Rule]:
+    """The key-map rules of layer ``i`` from its table row (norm1, q/k/v, out projection, norm2, FFN)."""
+    s, al = f"encoder.{i}", t.aliases
+
+    def alias(part: str) -> str | None:
+        return getattr(al, part) if al is not None else None
+
+    ln = profile.norm == "layer"  # RMSNorm (a variation point) has no beta
+    rules = norm_rules(t.norm1, f"{s}.norm1", embed, aliases=alias("norm1"), beta=ln)
+    if isinstance(t.qkv, str):
+        rules += fused_qkv_rules(t.qkv, i, attn, embed, bias=profile.qkv_bias)
+    else:
+        other: tuple[str | None, ...] = tuple(al.qkv) if al is not None else (None, None, None)
+        for part, path, other_path in zip("qkv", t.qkv, other, strict=True):
+            bias = f"{s}.mha.b{part}" if profile.qkv_bias else None
+            rules += linear_rules(path, f"{s}.mha.W{part}", bias, attn, embed, aliases=other_path)
+    bo = f"{s}.mha.bo" if profile.out_bias else None
+    rules += linear_rules(t.proj, f"{s}.mha.Wo", bo, embed, attn, aliases=alias("proj"))
+    rules += norm_rules(t.norm2, f"{s}.norm2", embed, aliases=alias("norm2"), beta=ln)
+    b1, b2 = (f"{s}.ffn.b1", f"{s}.ffn.b2") if profile.ffn_bias else (None, None)  # ffn_bias=False: a variation
+    rules += linear_rules(t.fc1, f"{s}.ffn.W1", b1, hidden, embed, aliases=alias("fc1"))
+    rules += linear_rules(t.fc2, f"{s}.ffn.W2", b2, embed, hidden, aliases=alias("fc2"))
+    return rules
+
+
+def layer_taps(t: LayerPaths, i: int, after: str) -> dict[str, list[Tap]]:
+    """The stage-table rows of layer ``i`` (sub-ops in pre-norm order, then the block); ``after`` is the
+    module that consumes the layer's output (the next layer, or the final norm)."""
+    take = take0 if t.tuple_out else _identity
+    b = f"blocks.{i}"
+    return {
+        f"{b}.norm1": [inp(t.attn_in), out(t.norm1)],
+        f"{b}.attn": [out(t.attn, take)],
+        f"{b}.norm2": [inp(t.mlp_in), out(t.norm2)],
+        f"{b}.mlp": [out(t.mlp)],
+        b: [inp(after), *([out(t.block, take)] if t.block else [])],
+    }
+
+
+def read_layer(
+    model: nn.Module, t: LayerPaths, dim: int, library: str, r: PerLayer, bad: list[str], *, norm: str = "layer"
+) -> None:
+    """This layer's own numerics into ``r``: each LayerNorm's eps (``norm="rms"``: each RMSNorm's, a variation
+    point) and the activation (probed), by path; every problem into ``bad``."""
+    check = check_rms_norm if norm == "rms" else check_layer_norm
+    for path in (t.norm1, t.norm2):
+        try:
+            r.eps[path] = check(model.get_submodule(path), path, dim, library)
+        except Unsupported as err:
+            bad.append(err.reason)
+    try:
+        r.act[t.act], note = activation_kind(model.get_submodule(t.act), t.act, library)
+        r.notes += [note] if note else []
+    except Unsupported as err:
+        bad.append(err.reason)
+
+
 # -- model inspection helpers shared by the library adapters ----------------------------
-def conv_geometry(conv: nn.Module, what: str, library: str) -> tuple[int, int, int, int, int, int]:
+def conv_geometry(
+    conv: nn.Module, what: str, library: str, *, bias: bool = True
+) -> tuple[int, int, int, int, int, int]:
     """``(out_channels, in_channels, patch_h, patch_w, stride, padding)`` of a patch conv, or Unsupported.
 
     The spec's patch embedding is one ``conv2d`` with a single stride and padding for both
@@ -433,7 +532,7 @@ def conv_geometry(conv: nn.Module, what: str, library: str) -> tuple[int, int, i
         problems.append(f"dilation={tuple(conv.dilation)}")
     if conv.groups != 1:
         problems.append(f"groups={conv.groups}")
-    if conv.bias is None:
+    if conv.bias is None and bias:  # bias=False: the caller maps a bias-free conv (profile patch_bias=False)
         problems.append("no bias (the spec's patch embedding always has one)")
     if problems:
         raise Unsupported(f"{what}: " + "; ".join(problems), library=library)
@@ -459,6 +558,24 @@ def check_layer_norm(m: nn.Module, what: str, dim: int, library: str) -> float:
             f"{what} has no affine weight and bias (the spec's LayerNorm has gamma and beta)", library=library
         )
     return float(m.eps)
+
+
+def check_rms_norm(m: nn.Module, what: str, dim: int, library: str) -> float:
+    """The eps of an RMSNorm over the last axis of width ``dim`` with a weight (a variation point: timm
+    ``RmsNorm``, ``nn.RMSNorm``), found by probing it, or Unsupported."""
+    t = type(m)
+    known = (t.__module__, t.__qualname__) in (("timm.layers.norm", "RmsNorm"), ("torch.nn.modules.normalization",
+             "RMSNorm"))  # fmt: skip
+    eps, w, shape = getattr(m, "eps", None), getattr(m, "weight", None), getattr(m, "normalized_shape", ())
+    if known and isinstance(eps, float) and isinstance(w, Tensor):
+        # Read, like an nn.LayerNorm (a hook on the module must not turn it into "not an RMSNorm").
+        if tuple(shape) != (dim,) or tuple(w.shape) != (dim,):
+            raise Unsupported(f"{what} normalizes over {tuple(shape)}, not ({dim},)", library=library)
+        return eps
+    pr, eps = probe_rms_norm(m, dim)
+    if pr.match is None:
+        raise Unsupported(pr.describe(what, m) + " (an RMSNorm with a weight)", library=library)
+    return eps
 
 
 def activation_kind(m: nn.Module, what: str, library: str) -> tuple[Activation, str]:

@@ -27,22 +27,23 @@ and its checkpoint conversion table ``conversion_mapping.py`` for the 4.x names)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from vitspec.config import ViTConfig
-from vitspec.profiles import PROFILES, Activation
+from vitspec.profiles import PROFILES
 
 from .base import (
     Description,
+    LayerPaths,
     LowPrecision,
+    PerLayer,
     Rule,
     RuleAdapter,
     Tap,
     Unsupported,
-    activation_kind,
     as_vector,
     check_layer_norm,
     check_linear,
@@ -52,13 +53,14 @@ from .base import (
     find_base,
     identity_head,
     inp,
-    linear_rules,
+    layer_rules,
+    layer_taps,
     norm_rules,
     out,
     overridden,
     raise_unsupported,
+    read_layer,
     squeeze_to,
-    take0,
 )
 
 __all__ = ["HFAdapter"]
@@ -67,44 +69,48 @@ _MOD = "transformers.models.vit.modeling_vit"
 _CLASSES = ("ViTForImageClassification", "ViTModel", "ViTForMaskedImageModeling")
 
 
-@dataclass(frozen=True)
-class _Layer:
-    """One encoder layer under either layout: module paths (relative to the ``vit`` prefix) and modules."""
+def _paths(prefix: str, i: int, *, new: bool) -> LayerPaths:
+    """Layer ``i``'s row of the table in the transformers 5.x (``new``) or 4.x layout.
 
-    module: Any
-    path: str  # "layers.3" (5.x) or "encoder.layer.3" (4.x)
-    other: str  # the same layer under the other layout
-    new: bool  # 5.x layout
-    norm1: Any
-    norm2: Any
-    attn: Any  # returns (output, weights) in both layouts
-    q: Any
-    k: Any
-    v: Any
-    o: Any
-    fc1: Any
-    act: Any
-    fc2: Any
-    mlp_out: Any  # whose output is the FFN output before the residual (5.x: mlp, 4.x: output.dense)
-    head_dim: int
-
-    def names(self, part: str) -> tuple[str, str]:
-        """``(path in this model's layout, path in the other layout)`` of a sub-module."""
-        new, old = _PARTS[part]
-        return (f"{self.path}.{new if self.new else old}", f"{self.other}.{old if self.new else new}")
-
-
-# sub-module: (5.x path, 4.x path) inside a layer
-_PARTS = {
-    "q": ("attention.q_proj", "attention.attention.query"),
-    "k": ("attention.k_proj", "attention.attention.key"),
-    "v": ("attention.v_proj", "attention.attention.value"),
-    "o": ("attention.o_proj", "attention.output.dense"),
-    "fc1": ("mlp.fc1", "intermediate.dense"),
-    "fc2": ("mlp.fc2", "output.dense"),
-    "norm1": ("layernorm_before", "layernorm_before"),
-    "norm2": ("layernorm_after", "layernorm_after"),
-}
+    5.x: ``layers.i`` with ``attention.{q,k,v,o}_proj`` and ``ViTMLP`` (``mlp``: the FFN). 4.x:
+    ``encoder.layer.i`` with ``attention.attention.{query,key,value}``, ``attention.output.dense``,
+    and an FFN split into ``intermediate`` and ``output``, whose ``dense`` output precedes the
+    residual that ``ViTOutput`` adds itself (so the ``mlp`` sub-op is that Linear's output).
+    Attention returns ``(output, weights)``, 4.x layers a tuple too.
+    """
+    if new:
+        b, a = f"{prefix}layers.{i}", f"{prefix}layers.{i}.attention"
+        return LayerPaths(
+            norm1=f"{b}.layernorm_before",
+            attn=a,
+            qkv=(f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj"),
+            proj=f"{a}.o_proj",
+            norm2=f"{b}.layernorm_after",
+            mlp=f"{b}.mlp",
+            fc1=f"{b}.mlp.fc1",
+            act=f"{b}.mlp.activation_fn",
+            fc2=f"{b}.mlp.fc2",
+            attn_in=a,
+            mlp_in=f"{b}.mlp",
+            block=b,
+            tuple_out=True,
+        )
+    b, a = f"{prefix}encoder.layer.{i}", f"{prefix}encoder.layer.{i}.attention"
+    return LayerPaths(
+        norm1=f"{b}.layernorm_before",
+        attn=a,
+        qkv=(f"{a}.attention.query", f"{a}.attention.key", f"{a}.attention.value"),
+        proj=f"{a}.output.dense",
+        norm2=f"{b}.layernorm_after",
+        mlp=f"{b}.output.dense",
+        fc1=f"{b}.intermediate.dense",
+        act=f"{b}.intermediate.intermediate_act_fn",
+        fc2=f"{b}.output.dense",
+        attn_in=a,
+        mlp_in=f"{b}.intermediate",
+        block=b,
+        tuple_out=True,
+    )
 
 
 class HFAdapter(RuleAdapter):
@@ -129,60 +135,18 @@ class HFAdapter(RuleAdapter):
     def _prefix(self) -> str:
         return "vit." if self._classifier else ""
 
-    def _layers(self) -> list[_Layer]:
-        vit = self._vit
-        out = []
+    def _layers(self) -> list[LayerPaths]:
+        """One table row per encoder layer, with the other layout's names as aliases (4.x checkpoints)."""
+        vit, p = self._vit, self._prefix
         if hasattr(vit, "layers"):  # transformers 5.x
-            for i, lay in enumerate(vit.layers):
-                a = lay.attention
-                out.append(
-                    _Layer(
-                        module=lay,
-                        path=f"layers.{i}",
-                        other=f"encoder.layer.{i}",
-                        new=True,
-                        norm1=lay.layernorm_before,
-                        norm2=lay.layernorm_after,
-                        attn=a,
-                        q=a.q_proj,
-                        k=a.k_proj,
-                        v=a.v_proj,
-                        o=a.o_proj,
-                        fc1=lay.mlp.fc1,
-                        act=lay.mlp.activation_fn,
-                        fc2=lay.mlp.fc2,
-                        mlp_out=lay.mlp,
-                        head_dim=int(a.head_dim),
-                    )
-                )
+            n, new = len(vit.layers), True
         elif hasattr(vit, "encoder") and hasattr(vit.encoder, "layer"):  # transformers 4.x
-            for i, lay in enumerate(vit.encoder.layer):
-                sa = lay.attention.attention
-                out.append(
-                    _Layer(
-                        module=lay,
-                        path=f"encoder.layer.{i}",
-                        other=f"layers.{i}",
-                        new=False,
-                        norm1=lay.layernorm_before,
-                        norm2=lay.layernorm_after,
-                        attn=lay.attention,  # ViTAttention: self-attention + output.dense, no residual
-                        q=sa.query,
-                        k=sa.key,
-                        v=sa.value,
-                        o=lay.attention.output.dense,
-                        fc1=lay.intermediate.dense,
-                        act=lay.intermediate.intermediate_act_fn,
-                        fc2=lay.output.dense,
-                        mlp_out=lay.output.dense,  # ViTOutput adds the residual itself: hook the Linear
-                        head_dim=int(sa.attention_head_size),
-                    )
-                )
+            n, new = len(vit.encoder.layer), False
         else:
             raise Unsupported(
                 f"unknown ViT layout ({type(vit).__name__} has neither .layers nor .encoder.layer)", library=self.name
             )
-        return out
+        return [replace(_paths(p, i, new=new), aliases=_paths(p, i, new=not new)) for i in range(n)]
 
     # -- description -----------------------------------------------------------------------
     def describe(self) -> Description:
@@ -207,45 +171,11 @@ class HFAdapter(RuleAdapter):
         in_h, in_w = (int(image[0]), int(image[1])) if isinstance(image, tuple | list) else (int(image), int(image))
         layers = self._layers()
         heads = int(config.num_attention_heads)
-        hidden = layers[0].fc1.out_features if layers else int(config.intermediate_size)
-        eps_by: dict[str, float] = {}
-        act_by: dict[str, Activation] = {}
-        qkv_bias_by: dict[str, bool] = {}
-        notes: list[str] = []
-        for i, lay in enumerate(layers):
-            w = f"{self._prefix}{lay.path}"
-            for part in ("norm1", "norm2"):
-                where = f"{self._prefix}{lay.names(part)[0]}"
-                try:
-                    eps_by[where] = check_layer_norm(getattr(lay, part), where, e, self.name)
-                except Unsupported as err:
-                    bad.append(err.reason)
-            try:  # every layer's own activation, judged by probing it
-                act_by[f"{w} activation"], note = activation_kind(lay.act, f"{w} activation", self.name)
-                notes += [note] if note else []
-            except Unsupported as err:
-                bad.append(err.reason)
-            try:
-                for part in ("q", "k", "v"):
-                    check_linear(getattr(lay, part), f"{self._prefix}{lay.names(part)[0]}", self.name, bias=None)
-                for part in ("o", "fc1", "fc2"):
-                    check_linear(getattr(lay, part), f"{self._prefix}{lay.names(part)[0]}", self.name)
-            except Unsupported as err:
-                bad.append(err.reason)
-                continue
-            if len({getattr(lay, p).bias is None for p in ("q", "k", "v")}) != 1:
-                bad.append(f"{w}: query/key/value disagree on biases")
-            qkv_bias_by[w] = lay.q.bias is not None
-            if lay.head_dim * heads != e or lay.head_dim != e // heads:
-                bad.append(f"{w}: head_dim={lay.head_dim} with {heads} heads != hidden_size {e}")
-            if lay.fc1.out_features != hidden:
-                bad.append(f"{w}: intermediate width {lay.fc1.out_features} (layer 0 has {hidden})")
-            if i and lay.new != layers[0].new:
-                bad.append(f"{w}: mixed 4.x/5.x layer layouts")
+        r = PerLayer(heads=heads, hidden=int(config.intermediate_size))
+        qkv_bias_by = self._read_layers(layers, e, r, bad)
+        final = f"{self._prefix}layernorm"
         try:
-            eps_by[f"{self._prefix}layernorm"] = check_layer_norm(
-                vit.layernorm, f"{self._prefix}layernorm", e, self.name
-            )
+            r.eps[final] = check_layer_norm(vit.layernorm, final, e, self.name)
         except Unsupported as err:
             bad.append(err.reason)
         qkv_bias, _ = consensus(qkv_bias_by, bool(config.qkv_bias), "query/key/value bias")
@@ -260,8 +190,8 @@ class HFAdapter(RuleAdapter):
             bad.append(f"classifier is {type(m.classifier).__name__}, not nn.Linear with bias")
         raise_unsupported(bad, self.name)
         p0 = PROFILES["hf"]
-        eps, eps_notes = consensus(eps_by, float(config.layer_norm_eps), "LayerNorm eps")
-        act, act_notes = consensus(act_by, p0.activation, "activation")
+        eps, eps_notes = consensus(r.eps, float(config.layer_norm_eps), "LayerNorm eps")
+        act, act_notes = consensus(r.act, p0.activation, "activation")
         profile = p0.replace(
             ln_eps=eps,
             activation=act,
@@ -270,18 +200,17 @@ class HFAdapter(RuleAdapter):
             source=f"transformers {type(m).__name__} (hidden_act={config.hidden_act!r})",
         )
         cfg = ViTConfig(
-            ph, pw, stride, padding, e, hidden, heads, len(layers), m.classifier.out_features if has_head else e
+            ph, pw, stride, padding, e, r.hidden, heads, len(layers), m.classifier.out_features if has_head else e
         )
         impl = getattr(config, "_attn_implementation", None)
-        notes = [f"attention as shipped: attn_implementation={impl!r}", *eps_notes, *act_notes, *notes]
+        notes = [f"attention as shipped: attn_implementation={impl!r}", *eps_notes, *act_notes, *r.notes]
         precision: tuple[LowPrecision, ...] = ()
         if impl == "eager":  # eager_attention_forward: softmax(..., dtype=torch.float32).to(query.dtype)
             op = "the attention softmax (HF eager attention: softmax(dtype=torch.float32))"
             precision = (LowPrecision(tuple(f"blocks.{i}.attn" for i in range(len(layers))), "float32", op),)
         if not has_head:
             notes.append("no classifier: the spec head is the identity; compared up to the pooled CLS vector")
-        for r in self._ignored_rules():
-            notes.append(f"{r.source}: {r.note}")
+        notes += [f"{rule.source}: {rule.note}" for rule in self._ignored_rules()]
         return Description(
             library=self.name,
             model_name=getattr(config, "name_or_path", "") or type(m).__name__,
@@ -296,6 +225,38 @@ class HFAdapter(RuleAdapter):
             synthetic=() if has_head else ("head_W", "head_b"),
             precision=precision,
         )
+
+    def _read_layers(self, layers: list[LayerPaths], e: int, r: PerLayer, bad: list[str]) -> dict[str, bool]:
+        """Every layer's structure and own numerics into ``r`` / ``bad``; its q/k/v bias flag by layer."""
+        def get(path: str) -> Any:
+            return self.model.get_submodule(path)
+
+        qkv_bias_by: dict[str, bool] = {}
+        for i, t in enumerate(layers):
+            w = t.block or f"layer {i}"
+            read_layer(self.model, t, e, self.name, r, bad)
+            try:
+                for path in t.qkv:
+                    check_linear(get(path), path, self.name, bias=None)
+                for path in (t.proj, t.fc1, t.fc2):
+                    check_linear(get(path), path, self.name)
+            except Unsupported as err:
+                bad.append(err.reason)
+                continue
+            q, k, v = (get(path) for path in t.qkv)
+            if len({x.bias is None for x in (q, k, v)}) != 1:
+                bad.append(f"{w}: query/key/value disagree on biases")
+            qkv_bias_by[w] = q.bias is not None
+            attn = get(t.attn)
+            head_dim = int(getattr(attn, "head_dim", 0) or getattr(attn.attention, "attention_head_size", 0))
+            if head_dim * r.heads != e or head_dim != e // r.heads:
+                bad.append(f"{w}: head_dim={head_dim} with {r.heads} heads != hidden_size {e}")
+            width = int(get(t.fc1).out_features)
+            if i == 0:
+                r.hidden = width
+            elif width != r.hidden:
+                bad.append(f"{w}: intermediate width {width} (layer 0 has {r.hidden})")
+        return qkv_bias_by
 
     def _ignored_rules(self) -> list[Rule]:
         """Parameters that exist but are outside the spec (accounted for, never compared)."""
@@ -327,28 +288,8 @@ class HFAdapter(RuleAdapter):
             Rule(f"{emb}.cls_token", ("cls_token",), (1, 1, e), as_vector),
             Rule(f"{emb}.position_embeddings", ("pos",), (1, tokens, e), squeeze_to(tokens, e)),
         ]
-        for i, lay in enumerate(self._layers()):
-            s = f"encoder.{i}"
-
-            def names(part: str, lay: _Layer = lay) -> tuple[str, str]:
-                here, there = lay.names(part)
-                return f"{p}{here}", f"{p}{there}"
-
-            def lin(part: str, w: str, b: str | None, out_f: int, in_f: int) -> list[Rule]:
-                src, alias = names(part)
-                return linear_rules(src, w, b, out_f, in_f, aliases=alias)
-
-            def norm(part: str, prefix: str) -> list[Rule]:
-                src, alias = names(part)
-                return norm_rules(src, prefix, e, aliases=alias)
-
-            rules += norm("norm1", f"{s}.norm1")
-            for part in "qkv":
-                rules += lin(part, f"{s}.mha.W{part}", f"{s}.mha.b{part}" if pr.qkv_bias else None, a, e)
-            rules += lin("o", f"{s}.mha.Wo", f"{s}.mha.bo", e, a)
-            rules += norm("norm2", f"{s}.norm2")
-            rules += lin("fc1", f"{s}.ffn.W1", f"{s}.ffn.b1", f, e)
-            rules += lin("fc2", f"{s}.ffn.W2", f"{s}.ffn.b2", e, f)
+        for i, t in enumerate(self._layers()):
+            rules += layer_rules(t, i, embed=e, hidden=f, attn=a, profile=pr)
         rules += norm_rules(f"{p}layernorm", "final_norm", e)
         if d.has_head:
             rules += [
@@ -364,22 +305,14 @@ class HFAdapter(RuleAdapter):
     def stage_paths(self) -> dict[str, list[Tap]]:
         d = self.description()
         p = self._prefix
-        layers = [f"{p}{lay.path}" for lay in self._layers()]
-        new = [lay.new for lay in self._layers()]
-        after = [*layers[1:], f"{p}layernorm"]  # who consumes each layer's output
+        layers = self._layers()
+        after = [*(t.block for t in layers[1:]), f"{p}layernorm"]  # who consumes each layer's output
         t: dict[str, list[Tap]] = {
             "patch_embed": [out(f"{p}embeddings.patch_embeddings")],
-            "pos_embed": [inp(layers[0] if layers else f"{p}layernorm"), out(f"{p}embeddings")],
+            "pos_embed": [inp(str(layers[0].block) if layers else f"{p}layernorm"), out(f"{p}embeddings")],
         }
-        for i, b in enumerate(layers):
-            s = f"blocks.{i}"
-            # 5.x: ViTMLP is the FFN; 4.x: ViTIntermediate + ViTOutput, whose dense output precedes the residual.
-            ffn_in, ffn_out = (f"{b}.mlp", f"{b}.mlp") if new[i] else (f"{b}.intermediate", f"{b}.output.dense")
-            t[f"{s}.norm1"] = [inp(f"{b}.attention"), out(f"{b}.layernorm_before")]
-            t[f"{s}.attn"] = [out(f"{b}.attention", take0)]  # (output, weights); no residual inside
-            t[f"{s}.norm2"] = [inp(ffn_in), out(f"{b}.layernorm_after")]
-            t[f"{s}.mlp"] = [out(ffn_out)]
-            t[s] = [inp(after[i]), out(b, take0)]  # 4.x layers return a tuple
+        for i, row in enumerate(layers):
+            t.update(layer_taps(row, i, str(after[i])))
         t["final_norm"] = [out(f"{p}layernorm")]
         t["pool"] = [inp("classifier")] if self._classifier else [out(f"{p}layernorm", _cls_row)]
         if d.has_head:

@@ -36,9 +36,11 @@ from vitspec.primitives import (
     relu,
     relu_backward,
 )
+from vitspec.primitives.variations import ACTIVATIONS as VARIATION_ACTIVATIONS
+from vitspec.primitives.variations import rms_norm
 from vitspec.profiles import Activation
 
-__all__ = ["PROBE_TOL", "Probe", "probe_activation", "probe_layer_norm"]
+__all__ = ["PROBE_TOL", "Probe", "probe_activation", "probe_layer_norm", "probe_rms_norm"]
 
 #: Normwise forward error under which a probed module *is* the candidate. Far above float64
 #: rounding (1e-16), far below the nearest distinct candidate (GELU erf vs tanh: 3e-4).
@@ -48,6 +50,10 @@ _ACTIVATIONS: dict[Activation, tuple[Callable[[Tensor], Tensor], Callable[[Tenso
     "relu": (relu, relu_backward),
     "gelu_erf": (gelu_erf, gelu_erf_backward),
     "gelu_tanh": (gelu_tanh, gelu_tanh_backward),
+    # variation points (vitspec.primitives.variations): CLIP's QuickGELU, the GLU gates' SiLU and sigmoid
+    "quick_gelu": VARIATION_ACTIVATIONS["quick_gelu"],
+    "silu": VARIATION_ACTIVATIONS["silu"],
+    "sigmoid": VARIATION_ACTIVATIONS["sigmoid"],
 }
 _EPS_CANDIDATES = (1e-6, 1e-5, 1e-12, 1e-8)
 
@@ -89,10 +95,11 @@ def _private(m: nn.Module) -> nn.Module:
 def probe_activation(m: nn.Module) -> Probe:
     """Which spec activation ``m`` computes elementwise (forward match), with its VJP error."""
     g = torch.Generator().manual_seed(0)
-    grid = torch.linspace(-10.0, 10.0, 401, dtype=torch.float64).requires_grad_(True)
-    cot = torch.randn(grid.shape, generator=g, dtype=torch.float64)
+    with torch.inference_mode(False):  # the probe needs autograd even inside a caller's inference_mode
+        grid = torch.linspace(-10.0, 10.0, 401, dtype=torch.float64).requires_grad_(True)
+        cot = torch.randn(grid.shape, generator=g, dtype=torch.float64)
     try:
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             y = _private(m)(grid)
             (vjp,) = torch.autograd.grad(y, grid, cot, allow_unused=True)
     except Exception as e:
@@ -132,4 +139,30 @@ def probe_layer_norm(m: nn.Module, dim: int) -> tuple[Probe, float]:
     errs = {eps: _rel(y, layer_norm(x, w64, b64, eps)) for eps in cands}
     eps = min(errs, key=lambda e: errs[e])
     name = f"layer_norm(eps={eps:g})"
+    return Probe(name if errs[eps] <= PROBE_TOL else None, name, errs[eps]), eps
+
+
+def probe_rms_norm(m: nn.Module, dim: int) -> tuple[Probe, float]:
+    """``(probe, eps)``: whether ``m`` is an RMSNorm ``x / sqrt(mean(x²) + eps) * weight`` over the last axis of
+    width ``dim`` (a variation point: timm ``RmsNorm``), and its eps; as :func:`probe_layer_norm`."""
+    w = getattr(m, "weight", None)
+    if not (isinstance(w, Tensor) and w.shape == (dim,)) or getattr(m, "bias", None) is not None:
+        return Probe(None, "rms_norm", math.inf, None, f"no weight of shape ({dim},) without a bias"), 0.0
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, 8, dim), generator=g, dtype=torch.float64)
+    x[1] *= 1e-3  # small-magnitude rows make the eps visible
+    try:
+        pm = _private(m)
+        with torch.no_grad():
+            y = pm(x)
+    except Exception as e:
+        return Probe(None, "rms_norm", math.inf, None, f"{type(e).__name__}: {e}"), 0.0
+    if not isinstance(y, Tensor) or y.shape != x.shape:
+        return Probe(None, "rms_norm", math.inf, None, "the output does not have the input's shape"), 0.0
+    own = getattr(m, "eps", None)
+    cands = ([float(own)] if isinstance(own, int | float) else []) + list(_EPS_CANDIDATES)
+    w64 = cast(Tensor, pm.weight).detach()
+    errs = {eps: _rel(y, rms_norm(x, w64, eps)) for eps in cands}
+    eps = min(errs, key=lambda e: errs[e])
+    name = f"rms_norm(eps={eps:g})"
     return Probe(name if errs[eps] <= PROBE_TOL else None, name, errs[eps]), eps

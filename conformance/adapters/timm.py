@@ -28,30 +28,35 @@ from torch import Tensor, nn
 
 from vitspec.config import ViTConfig
 from vitspec.profiles import PROFILES, FinalNorm, Pooling
+from vitspec.schema import FFNKind, NormKind, head_width, pos_prefix_count
 
 from .base import (
     Description,
+    LayerPaths,
     PerLayer,
     Rule,
     RuleAdapter,
     Tap,
     Unsupported,
-    activation_kind,
     as_vector,
     check_layer_norm,
     check_linear,
+    check_rms_norm,
     consensus,
     conv_geometry,
     copy,
     find_base,
-    fused_qkv_rules,
     identity_head,
     inp,
+    layer_rules,
+    layer_taps,
     linear_rules,
     norm_rules,
     out,
     overridden,
     raise_unsupported,
+    read_layer,
+    split_rows,
     squeeze_to,
 )
 
@@ -62,6 +67,11 @@ _BLOCK = ("timm.models.vision_transformer", "Block")
 _ATTN = ("timm.layers.attention", "Attention")
 _MLP = ("timm.layers.mlp", "Mlp")
 _PATCH = ("timm.layers.patch_embed", "PatchEmbed")
+# Variation points (vitspec.primitives.variations) the adapter maps.
+_DISTILLED = ("timm.models.deit", "VisionTransformerDistilled")
+_LAYER_SCALE = ("timm.layers.layer_scale", "LayerScale")
+_SWIGLU = ("timm.layers.mlp", "SwiGLU")
+_GLU_MLP = ("timm.layers.mlp", "GluMlp")
 # The forward path a subclass must not redefine for the mapping to hold.
 _FORWARD_METHODS = ("forward", "forward_features", "forward_head", "_pos_embed", "pool")
 
@@ -71,10 +81,36 @@ def _is(m: Any, cls: tuple[str, str]) -> bool:
     return (t.__module__, t.__qualname__) == cls
 
 
+def _layer(i: int, mlp: Any = None) -> LayerPaths:
+    """Block ``i``'s row of the table: every path the key map, the stages and the reading use (a ``SwiGLU``
+    ``mlp``'s value projection is ``fc1_x``)."""
+    b = f"blocks.{i}"
+    fc1 = f"{b}.mlp.fc1_x" if _is(mlp, _SWIGLU) else f"{b}.mlp.fc1"
+    return LayerPaths(
+        norm1=f"{b}.norm1",
+        attn=f"{b}.attn",
+        qkv=f"{b}.attn.qkv.",
+        proj=f"{b}.attn.proj",
+        norm2=f"{b}.norm2",
+        mlp=f"{b}.mlp",
+        fc1=fc1,
+        act=f"{b}.mlp.act",
+        fc2=f"{b}.mlp.fc2",
+        attn_in=f"{b}.attn",
+        mlp_in=f"{b}.mlp",
+        block=b,
+    )
+
+
 class TimmAdapter(RuleAdapter):
     """``timm.models.vision_transformer.VisionTransformer`` with standard ``Block`` s."""
 
     name: ClassVar[str] = "timm"
+    # What _read_blocks found in every block (variation points), read by describe().
+    _layer_scale: bool = False
+    _qk_norm: bool = False
+    _ffn: FFNKind = "mlp"
+    _ffn_bias: bool = True
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -86,25 +122,23 @@ class TimmAdapter(RuleAdapter):
         bad: list[str] = []  # every problem, reported at once (Unsupported lists them all)
         base = find_base(m, *_VIT)
         assert base is not None
-        if type(m) is not base:
+        # DeiT's VisionTransformerDistilled (eval: the mean of its two heads) is a variation point.
+        distilled = _is(m, _DISTILLED) and not getattr(m, "distilled_training", False)
+        if type(m) is not base and not distilled:
             if getattr(m, "dist_token", None) is not None:
-                bad.append("distillation token (DeiT VisionTransformerDistilled)")
+                bad.append("distillation token (a VisionTransformerDistilled in distilled_training mode)")
             if redefined := overridden(m, base, _FORWARD_METHODS):
                 bad.append(f"{type(m).__name__} redefines {', '.join(redefined)}")
-        # Token layout.
-        if getattr(m, "num_reg_tokens", 0) or getattr(m, "reg_token", None) is not None:
-            bad.append(f"register tokens (reg_tokens={getattr(m, 'num_reg_tokens', '?')})")
-        if getattr(m, "dynamic_img_size", False):
-            bad.append("dynamic_img_size=True (position embeddings resampled per input)")
-        if m.pos_embed is None:
-            bad.append("no position embedding (pos_embed='none'; the spec adds a learned table)")
-        if getattr(m, "no_embed_class", False) and m.num_prefix_tokens > 0:
-            bad.append("no_embed_class=True (the class token gets no position embedding)")
-        if not isinstance(m.norm_pre, nn.Identity):
-            bad.append("pre_norm=True (norm_pre LayerNorm before the blocks)")
+        # Token layout (register tokens, pos_embed='none', no_embed_class: variation points).
+        registers = int(getattr(m, "num_reg_tokens", 0) or 0)
+        dynamic = bool(getattr(m, "dynamic_img_size", False))
+        if getattr(m, "dynamic_img_pad", False):
+            bad.append("dynamic_img_pad=True (the image is padded to a multiple of the patch per input)")
+        pos_prefix = "none" if getattr(m, "no_embed_class", False) and m.num_prefix_tokens > 0 else "all"
         # Patch embedding.
         e = int(m.embed_dim)
         geometry = self._patch_geometry(m.patch_embed, bad)
+        norm_kind = self._norm_kind(m)
         # Pooling and final norm.
         gp = m.global_pool
         if getattr(m, "attn_pool", None) is not None:
@@ -124,10 +158,13 @@ class TimmAdapter(RuleAdapter):
         # Blocks: structure, and every block's own numerics (nothing inferred from block 0).
         blocks = list(m.blocks)
         per_layer = self._read_blocks(blocks, e, bad)
-        for what, mod, on in (("norm", m.norm, norm_on), ("fc_norm", m.fc_norm, fc_norm_on)):
+        pre_norm = not isinstance(m.norm_pre, nn.Identity)  # timm pre_norm=True (CLIP's ln_pre)
+        check_norm = check_rms_norm if norm_kind == "rms" else check_layer_norm
+        for what, mod, on in (("norm", m.norm, norm_on), ("fc_norm", m.fc_norm, fc_norm_on), ("norm_pre", m.norm_pre,
+                              pre_norm)):  # fmt: skip
             if on:
                 try:
-                    per_layer.eps[what] = check_layer_norm(mod, what, e, self.name)
+                    per_layer.eps[what] = check_norm(mod, what, e, self.name)
                 except Unsupported as err:
                     bad.append(err.reason)
         raise_unsupported(bad, self.name)
@@ -149,6 +186,20 @@ class TimmAdapter(RuleAdapter):
             out_bias=per_layer.out_bias if blocks else p0.out_bias,
             pooling=pooling,
             source=f"timm VisionTransformer (global_pool={gp!r}, class_token={cls_token})",
+            # variation points (vitspec.primitives.variations)
+            head_dim=per_layer_head_dim(blocks, e),
+            layer_scale=self._layer_scale,
+            dist_token=distilled,
+            reg_tokens=registers,
+            pos_embed="none" if m.pos_embed is None else "learned",
+            pos_prefix=pos_prefix if m.pos_embed is not None else "all",
+            pre_norm=pre_norm,
+            patch_bias=m.patch_embed.proj.bias is not None,
+            norm=norm_kind,
+            qk_norm=self._qk_norm,
+            ffn=self._ffn,
+            ffn_bias=self._ffn_bias,
+            head="distilled" if distilled else "linear",
         )
         cfg = ViTConfig(
             patch_h=ph,
@@ -172,6 +223,11 @@ class TimmAdapter(RuleAdapter):
             )
         if not has_head:
             notes.append("num_classes=0: no classifier; the spec head is the identity, logits = pooled features")
+        if dynamic:
+            notes.append("dynamic_img_size=True: checked at the native grid, where timm leaves its position table "
+                         "as is; resampling to other sizes is not checked")  # fmt: skip
+        if distilled:
+            notes.append("VisionTransformerDistilled in eval: logits = (head(token 0) + head_dist(token 1)) / 2")
         return Description(
             library=self.name,
             model_name=_model_name(m),
@@ -193,10 +249,10 @@ class TimmAdapter(RuleAdapter):
             return None
         if not isinstance(pe.norm, nn.Identity):
             bad.append("patch_embed.norm (a norm after the patch embedding)")
-        if not getattr(pe, "flatten", True):
+        if not getattr(pe, "flatten", True) and not getattr(self.model, "dynamic_img_size", False):
             bad.append("patch_embed without flatten (NHWC output)")
-        try:
-            _, in_c, ph, pw, stride, padding = conv_geometry(pe.proj, "patch_embed.proj", self.name)
+        try:  # a bias-free conv is profile patch_bias=False (timm pre_norm=True, CLIP)
+            _, in_c, ph, pw, stride, padding = conv_geometry(pe.proj, "patch_embed.proj", self.name, bias=False)
         except Unsupported as err:
             bad.append(err.reason)
             return None
@@ -214,26 +270,72 @@ class TimmAdapter(RuleAdapter):
             heads=blocks[0].attn.num_heads if blocks and hasattr(blocks[0], "attn") else 1,
             hidden=blocks[0].mlp.fc1.out_features if blocks and hasattr(getattr(blocks[0], "mlp", None), "fc1") else 1,
         )
+        if blocks and _is(getattr(blocks[0], "mlp", None), _SWIGLU):
+            r.hidden = blocks[0].mlp.fc1_x.out_features
+        elif blocks and _is(getattr(blocks[0], "mlp", None), _GLU_MLP):
+            r.hidden = blocks[0].mlp.fc1.out_features // 2
         qkv_bias: dict[str, bool] = {}
         out_bias: dict[str, bool] = {}
+        # Variation points, one value per block (every block must agree: the profile holds one).
+        layer_scale: dict[str, bool] = {}
+        qk_norm: dict[str, bool] = {}
+        ffn: dict[str, bool] = {}
+        ffn_bias: dict[str, bool] = {}
+        kind = self._norm_kind(self.model)
         for i, b in enumerate(blocks):
             w = f"blocks.{i}"
             if not _is(b, _BLOCK):
                 bad.append(f"{w} is {type(b).__name__} (only the pre-norm timm Block)")
                 continue
-            if not (isinstance(b.ls1, nn.Identity) and isinstance(b.ls2, nn.Identity)):
-                bad.append(f"{w}: layer scale (ls1/ls2, init_values)")
-            for n in ("norm1", "norm2"):
-                try:
-                    r.eps[f"{w}.{n}"] = check_layer_norm(getattr(b, n), f"{w}.{n}", e, self.name)
-                except Unsupported as err:
-                    bad.append(err.reason)
+            layer_scale[w] = self._read_layer_scale(b, w, e, bad)
             self._read_attention(b.attn, w, e, r, bad, qkv_bias, out_bias)
-            self._read_mlp(b.mlp, w, r, bad)
+            qk_norm[f"{w}.attn"] = self._read_qk_norm(b.attn, w, kind, r, bad)
+            if self._read_mlp(b.mlp, w, r, bad):
+                ffn[f"{w}.mlp"] = not _is(b.mlp, _MLP)
+                ffn_bias[f"{w}.mlp"] = getattr(b.mlp.fc2, "bias", None) is not None
+                read_layer(self.model, _layer(i, b.mlp), e, self.name, r, bad, norm=kind)
         if blocks:
             r.qkv_bias = self._uniform(qkv_bias, "a qkv bias", bad)
             r.out_bias = self._uniform(out_bias, "an output-projection bias", bad)
+        self._layer_scale = self._uniform(layer_scale, "layer scale (ls1/ls2)", bad, default=False)
+        self._qk_norm = self._uniform(qk_norm, "a q/k norm", bad, default=False)
+        glu = self._uniform(ffn, "a gated (GLU) MLP", bad, default=False)
+        self._ffn: FFNKind = "glu" if glu else "mlp"
+        self._ffn_bias = self._uniform(ffn_bias, "MLP biases", bad)
         return r
+
+    @staticmethod
+    def _norm_kind(m: Any) -> NormKind:
+        """``rms`` when the model's norms are RMSNorms (timm ``norm_layer='rmsnorm'``): read off the first
+        block's ``norm1`` (a weight, no bias); every norm is then checked as that kind."""
+        blocks = list(getattr(m, "blocks", []))
+        n1 = getattr(blocks[0], "norm1", None) if blocks else getattr(m, "norm", None)
+        w, b = getattr(n1, "weight", None), getattr(n1, "bias", None)
+        return "rms" if isinstance(w, Tensor) and b is None else "layer"
+
+    def _read_layer_scale(self, b: Any, w: str, e: int, bad: list[str]) -> bool:
+        """Whether block ``b`` has LayerScale gains (timm ``init_values``): both ``(E,)`` or neither."""
+        ls = [getattr(b, n) for n in ("ls1", "ls2")]
+        if all(isinstance(x, nn.Identity) for x in ls):
+            return False
+        for name, x in zip(("ls1", "ls2"), ls, strict=True):
+            if not (_is(x, _LAYER_SCALE) and tuple(x.gamma.shape) == (e,)):
+                bad.append(f"{w}.{name} is {type(x).__name__} (LayerScale with both ls1 and ls2, gamma ({e},))")
+        return True
+
+    def _read_qk_norm(self, a: Any, w: str, kind: NormKind, r: PerLayer, bad: list[str]) -> bool:
+        """Whether ``a`` normalises q and k per head (timm ``qk_norm=True``); their eps go to ``r.eps``."""
+        norms = [getattr(a, n, None) for n in ("q_norm", "k_norm")]
+        if all(isinstance(x, nn.Identity) for x in norms):
+            return False
+        check = check_rms_norm if kind == "rms" else check_layer_norm
+        for name, x in zip(("q_norm", "k_norm"), norms, strict=True):
+            assert isinstance(x, nn.Module)
+            try:
+                r.eps[f"{w}.attn.{name}"] = check(x, f"{w}.attn.{name}", int(a.head_dim), self.name)
+            except Unsupported as err:
+                bad.append(err.reason)
+        return True
 
     def _read_attention(
         self, a: Any, w: str, e: int, r: PerLayer, bad: list[str], qkv_bias: dict[str, bool], out_bias: dict[str, bool]
@@ -241,16 +343,15 @@ class TimmAdapter(RuleAdapter):
         if not _is(a, _ATTN):
             bad.append(f"{w}.attn is {type(a).__name__} (only timm Attention)")
             return
-        if not (isinstance(a.q_norm, nn.Identity) and isinstance(a.k_norm, nn.Identity)):
-            bad.append(f"{w}.attn: qk_norm (q_norm/k_norm)")
         if not isinstance(getattr(a, "norm", nn.Identity()), nn.Identity):
             bad.append(f"{w}.attn: scale_attn_norm (a norm before proj)")
         if getattr(a, "gate", None) is not None:
             bad.append(f"{w}.attn: gated attention")
         if a.num_heads != r.heads:
             bad.append(f"{w}.attn: {a.num_heads} heads (block 0 has {r.heads})")
-        if a.num_heads * a.head_dim != e or a.head_dim != e // a.num_heads:
-            bad.append(f"{w}.attn: head_dim={a.head_dim} with {a.num_heads} heads != embed_dim {e}")
+        first: Any = self.model.get_submodule("blocks.0.attn")
+        if a.head_dim != getattr(first, "head_dim", a.head_dim):
+            bad.append(f"{w}.attn: head_dim={a.head_dim} (block 0 has {first.head_dim})")
         # The manual path multiplies by self.scale; the fused one uses 1/sqrt(head_dim) regardless.
         scale = float(getattr(a, "scale", a.head_dim**-0.5))
         if not getattr(a, "fused_attn", False) and abs(scale - a.head_dim**-0.5) > 1e-12 * a.head_dim**-0.5:
@@ -267,31 +368,33 @@ class TimmAdapter(RuleAdapter):
         qkv_bias[f"{w}.attn.qkv"] = a.qkv.bias is not None
         out_bias[f"{w}.attn.proj"] = a.proj.bias is not None
 
-    def _read_mlp(self, mlp: Any, w: str, r: PerLayer, bad: list[str]) -> None:
-        if not _is(mlp, _MLP):
-            bad.append(f"{w}.mlp is {type(mlp).__name__} (only a 2-layer Linear-act-Linear Mlp)")
-            return
+    def _read_mlp(self, mlp: Any, w: str, r: PerLayer, bad: list[str]) -> bool:
+        """Structural checks of the MLP (timm ``Mlp``, or a GLU: ``SwiGLU``, ``GluMlp``); whether it has the
+        table's layout (value ``fc1``, ``act``, ``fc2``; a GLU also a gate)."""
+        if not (_is(mlp, _MLP) or _is(mlp, _SWIGLU) or _is(mlp, _GLU_MLP)):
+            bad.append(f"{w}.mlp is {type(mlp).__name__} (only timm Mlp, SwiGLU or GluMlp)")
+            return False
         if not isinstance(mlp.norm, nn.Identity):
             bad.append(f"{w}.mlp: scale_mlp_norm (a norm inside the MLP)")
-        for fc in ("fc1", "fc2"):
-            try:
-                check_linear(getattr(mlp, fc), f"{w}.mlp.{fc}", self.name)
-            except Unsupported as err:
-                bad.append(err.reason + " (proj_bias=False)")
-        if isinstance(mlp.fc1, nn.Linear) and mlp.fc1.out_features != r.hidden:
-            bad.append(f"{w}.mlp: hidden width {mlp.fc1.out_features} (block 0 has {r.hidden})")
+        if _is(mlp, _GLU_MLP) and getattr(mlp, "chunk_dim", -1) != -1:
+            bad.append(f"{w}.mlp: GluMlp chunk_dim={mlp.chunk_dim} (only the last axis)")
+        fcs = ("fc1_x", "fc1_g", "fc2") if _is(mlp, _SWIGLU) else ("fc1", "fc2")
         try:
-            r.act[f"{w}.mlp.act"], note = activation_kind(mlp.act, f"{w}.mlp.act", self.name)
+            lin = [check_linear(getattr(mlp, fc), f"{w}.mlp.{fc}", self.name, bias=None) for fc in fcs]
         except Unsupported as err:
             bad.append(err.reason)
-            return
-        if note:
-            r.notes.append(note)
+            return False
+        if len({x.bias is None for x in lin}) > 1:
+            bad.append(f"{w}.mlp: some of {', '.join(fcs)} have a bias and some not (profile ffn_bias is one flag)")
+        width = lin[-1].in_features
+        if width != r.hidden:
+            bad.append(f"{w}.mlp: hidden width {width} (block 0 has {r.hidden})")
+        return True
 
     @staticmethod
-    def _uniform(values: dict[str, bool], what: str, bad: list[str]) -> bool:
+    def _uniform(values: dict[str, bool], what: str, bad: list[str], *, default: bool = True) -> bool:
         """The one value every block shares; a block that differs is named (the profile has one flag)."""
-        value, _ = consensus(values, True, what)
+        value, _ = consensus(values, default, what)
         bad += [
             f"{k}: {'has' if v else 'lacks'} {what}, unlike the other blocks" for k, v in values.items() if v != value
         ]
@@ -301,30 +404,61 @@ class TimmAdapter(RuleAdapter):
     def key_map(self) -> list[Rule]:
         d = self.description()
         c, p = d.cfg, d.profile
-        e, f, a = c.embed_dim, c.hidden_dim, c.head_count * c.head_dim
-        tokens = c.tokens(d.in_h, d.in_w) + (1 if d.variant == "cls" else 0)
-        rules = [
-            Rule("patch_embed.proj.weight", ("patch_kernel",), (e, d.in_c, c.patch_h, c.patch_w)),
-            Rule("patch_embed.proj.bias", ("patch_bias",), (e,)),
-        ]
+        hd = head_width(c, p)
+        e, f, a = c.embed_dim, c.hidden_dim, c.head_count * hd
+        rows = c.tokens(d.in_h, d.in_w) + pos_prefix_count(d.variant, p)  # learned-table rows
+        ln = p.norm == "layer"
+        rules = [Rule("patch_embed.proj.weight", ("patch_kernel",), (e, d.in_c, c.patch_h, c.patch_w))]
+        if p.patch_bias:
+            rules.append(Rule("patch_embed.proj.bias", ("patch_bias",), (e,)))
         if d.variant == "cls":
             rules.append(Rule("cls_token", ("cls_token",), (1, 1, e), as_vector))
-        rules.append(Rule("pos_embed", ("pos",), (1, tokens, e), squeeze_to(tokens, e)))
+        if p.dist_token:
+            rules.append(Rule("dist_token", ("dist_token",), (1, 1, e), as_vector))
+        if p.reg_tokens:
+            rules.append(Rule("reg_token", ("reg_tokens",), (1, p.reg_tokens, e), squeeze_to(p.reg_tokens, e)))
+        if p.pos_embed == "learned":
+            rules.append(Rule("pos_embed", ("pos",), (1, rows, e), squeeze_to(rows, e)))
+        if p.pre_norm:
+            rules += norm_rules("norm_pre", "pre_norm", e, beta=ln)
         for i in range(c.num_layers):
-            b, s = f"blocks.{i}", f"encoder.{i}"
-            rules += norm_rules(f"{b}.norm1", f"{s}.norm1", e)
-            rules += fused_qkv_rules(f"{b}.attn.qkv.", i, a, e, bias=p.qkv_bias)
-            rules += linear_rules(f"{b}.attn.proj", f"{s}.mha.Wo", f"{s}.mha.bo" if p.out_bias else None, e, a)
-            rules += norm_rules(f"{b}.norm2", f"{s}.norm2", e)
-            rules += linear_rules(f"{b}.mlp.fc1", f"{s}.ffn.W1", f"{s}.ffn.b1", f, e)
-            rules += linear_rules(f"{b}.mlp.fc2", f"{s}.ffn.W2", f"{s}.ffn.b2", e, f)
+            rules += self._block_rules(i, e, f, a, hd)
         if p.final_norm != "none":
-            rules += norm_rules("norm" if p.final_norm == "before_pool" else "fc_norm", "final_norm", e)
+            rules += norm_rules("norm" if p.final_norm == "before_pool" else "fc_norm", "final_norm", e, beta=ln)
         if d.has_head:
             rules += [
                 Rule("head.weight", ("head_W",), (c.num_classes, e), copy),
                 Rule("head.bias", ("head_b",), (c.num_classes,), copy),
             ]
+        if p.head == "distilled":
+            rules += [
+                Rule("head_dist.weight", ("head_dist_W",), (c.num_classes, e), copy),
+                Rule("head_dist.bias", ("head_dist_b",), (c.num_classes,), copy),
+            ]
+        return rules
+
+    def _block_rules(self, i: int, e: int, f: int, a: int, hd: int) -> list[Rule]:
+        """Block ``i``'s rules: the shared layer table, then its variation points (LayerScale gains, q/k norms,
+        the GLU gate)."""
+        p, b, s = self.description().profile, f"blocks.{i}", f"encoder.{i}"
+        mlp = self.model.get_submodule(f"{b}.mlp")
+        rules = layer_rules(_layer(i, mlp), i, embed=e, hidden=f, attn=a, profile=p)
+        if p.layer_scale:
+            rules += [Rule(f"{b}.ls{k}.gamma", (f"{s}.ls{k}_gamma",), (e,), copy) for k in (1, 2)]
+        if p.qk_norm:
+            rules += norm_rules(f"{b}.attn.q_norm", f"{s}.mha.q_norm", hd, beta=p.norm == "layer")
+            rules += norm_rules(f"{b}.attn.k_norm", f"{s}.mha.k_norm", hd, beta=p.norm == "layer")
+        bias = p.ffn_bias
+        if _is(mlp, _SWIGLU):  # separate gate and value projections
+            rules += linear_rules(f"{b}.mlp.fc1_g", f"{s}.ffn.Wg", f"{s}.ffn.bg" if bias else None, f, e)
+        elif _is(mlp, _GLU_MLP):  # one fc1 of width 2F: gate_last -> [value; gate], else [gate; value]
+            fc1 = f"{b}.mlp.fc1"
+            order = (f"{s}.ffn.W1", f"{s}.ffn.Wg") if mlp.gate_last else (f"{s}.ffn.Wg", f"{s}.ffn.W1")
+            rules = [r for r in rules if not r.source.startswith(fc1 + ".")]
+            rules.append(Rule(f"{fc1}.weight", order, (2 * f, e), split_rows(2, transposed=True)))
+            if bias:
+                b_order = tuple(k.replace(".W", ".b") for k in order)
+                rules.append(Rule(f"{fc1}.bias", b_order, (2 * f,), split_rows(2, transposed=False)))
         return rules
 
     def synthetic(self, like: Tensor) -> dict[str, Tensor]:
@@ -336,26 +470,51 @@ class TimmAdapter(RuleAdapter):
         n = d.cfg.num_layers
         # The final norm is always called (Identity when unused): its input is the last block's output.
         after = [f"blocks.{i + 1}" if i + 1 < n else "norm" for i in range(n)]
+        p = d.profile
+        # dynamic_img_size: patch_embed returns NHWC, which _pos_embed flattens row-major (view(B, -1, C)).
+        nhwc = not getattr(self.model.patch_embed, "flatten", True)
         t: dict[str, list[Tap]] = {
-            "patch_embed": [out("patch_embed")],
+            "patch_embed": [out("patch_embed", _flatten_nhwc if nhwc else _same)],
             "pos_embed": [inp("blocks.0" if n else "norm"), out("pos_drop")],
         }
+        if p.pre_norm:  # norm_pre sits between pos_drop and the blocks
+            t["pos_embed"] = [out("pos_drop"), inp("norm_pre")]
+            t["pre_norm"] = [out("norm_pre"), inp("blocks.0" if n else "norm")]
         for i in range(n):
-            b = f"blocks.{i}"
-            t[f"{b}.norm1"] = [inp(f"{b}.attn"), out(f"{b}.norm1")]
-            t[f"{b}.attn"] = [out(f"{b}.attn")]
-            t[f"{b}.norm2"] = [inp(f"{b}.mlp"), out(f"{b}.norm2")]
-            t[f"{b}.mlp"] = [out(f"{b}.mlp")]
-            t[b] = [inp(after[i]), out(b)]
-        if d.profile.final_norm == "before_pool":
+            t.update(layer_taps(_layer(i), i, after[i]))
+            if p.layer_scale:
+                t[f"blocks.{i}.ls1"] = [out(f"blocks.{i}.ls1")]
+                t[f"blocks.{i}.ls2"] = [out(f"blocks.{i}.ls2")]
+        if p.final_norm == "before_pool":
             t["final_norm"] = [out("norm")]
+        if p.head == "distilled":  # no pooled vector; the logits are the mean of two heads: the model's output
+            t["head"] = [out("")]
+            return t
         # fc_norm is always called (Identity when unused), so its input is the pooled vector.
         t["pool"] = [inp("fc_norm")]
-        if d.profile.final_norm == "after_pool":
+        if p.final_norm == "after_pool":
             t["final_norm"] = [inp("head_drop"), out("fc_norm")]
         if d.has_head:
             t["head"] = [out("head")]
         return t
+
+
+def per_layer_head_dim(blocks: list[Any], e: int) -> int | None:
+    """The profile ``head_dim``: ``None`` when block 0's ``heads * head_dim`` is the spec's ``embed_dim // heads``
+    split, else its ``head_dim`` (timm ``attn_head_dim``; every block is checked against block 0)."""
+    a = getattr(blocks[0], "attn", None) if blocks else None
+    if a is None or not hasattr(a, "head_dim"):
+        return None
+    return None if a.head_dim == e // a.num_heads else int(a.head_dim)
+
+
+def _same(t: Any) -> Tensor:
+    return t  # type: ignore[no-any-return]
+
+
+def _flatten_nhwc(t: Tensor) -> Tensor:
+    """Patch tokens ``(B, h, w, E)`` (timm ``dynamic_img_size``) -> ``(B, h*w, E)``, row-major as timm's ``view``."""
+    return t.flatten(1, 2)
 
 
 def _model_name(m: Any) -> str:

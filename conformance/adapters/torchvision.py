@@ -30,12 +30,12 @@ from vitspec.profiles import PROFILES
 
 from .base import (
     Description,
+    LayerPaths,
     PerLayer,
     Rule,
     RuleAdapter,
     Tap,
     Unsupported,
-    activation_kind,
     as_vector,
     check_layer_norm,
     check_linear,
@@ -44,15 +44,15 @@ from .base import (
     copy,
     find_base,
     flatten_grid,
-    fused_qkv_rules,
     inp,
-    linear_rules,
+    layer_rules,
+    layer_taps,
     norm_rules,
     out,
     overridden,
     raise_unsupported,
+    read_layer,
     squeeze_to,
-    take0,
 )
 
 __all__ = ["TorchvisionAdapter"]
@@ -63,6 +63,26 @@ _FORWARD_METHODS = ("forward", "_process_input")
 
 def _is(m: Any, qualname: str) -> bool:
     return (type(m).__module__, type(m).__qualname__) == (_MOD, qualname)
+
+
+def _layer(name: str) -> LayerPaths:
+    """Layer ``encoder.layers.<name>``'s row of the table (``nn.MultiheadAttention`` returns a tuple)."""
+    b = f"encoder.layers.{name}"
+    return LayerPaths(
+        norm1=f"{b}.ln_1",
+        attn=f"{b}.self_attention",
+        qkv=f"{b}.self_attention.in_proj_",
+        proj=f"{b}.self_attention.out_proj",
+        norm2=f"{b}.ln_2",
+        mlp=f"{b}.mlp",
+        fc1=f"{b}.mlp.0",
+        act=f"{b}.mlp.1",
+        fc2=f"{b}.mlp.3",
+        attn_in=f"{b}.self_attention",
+        mlp_in=f"{b}.mlp",
+        block=b,
+        tuple_out=True,
+    )
 
 
 class TorchvisionAdapter(RuleAdapter):
@@ -146,11 +166,6 @@ class TorchvisionAdapter(RuleAdapter):
             if not _is(blk, "EncoderBlock"):
                 bad.append(f"{w} is {type(blk).__name__} (only torchvision EncoderBlock)")
                 continue
-            for n in ("ln_1", "ln_2"):
-                try:
-                    r.eps[f"{w}.{n}"] = check_layer_norm(getattr(blk, n), f"{w}.{n}", e, self.name)
-                except Unsupported as err:
-                    bad.append(err.reason)
             a = blk.self_attention
             if type(a) is not nn.MultiheadAttention:
                 bad.append(f"{w}.self_attention is {type(a).__name__}, not nn.MultiheadAttention")
@@ -182,11 +197,7 @@ class TorchvisionAdapter(RuleAdapter):
                     bad.append(err.reason)
             if mlp[0].out_features != hidden:
                 bad.append(f"{w}.mlp: hidden width {mlp[0].out_features} (layer 0 has {hidden})")
-            try:
-                r.act[f"{w}.mlp.1"], note = activation_kind(mlp[1], f"{w}.mlp.1", self.name)
-                r.notes += [note] if note else []
-            except Unsupported as err:
-                bad.append(err.reason)
+            read_layer(self.model, _layer(name), e, self.name, r, bad)
         r.qkv_bias, _ = consensus(biases, True, "attention biases")
         bad += [f"{k}: {'has' if v else 'lacks'} biases unlike the rest" for k, v in biases.items() if v != r.qkv_bias]
         return r
@@ -203,14 +214,7 @@ class TorchvisionAdapter(RuleAdapter):
             Rule("encoder.pos_embedding", ("pos",), (1, tokens, e), squeeze_to(tokens, e)),
         ]
         for i, (name, _) in enumerate(self._layers()):
-            b, s = f"encoder.layers.{name}", f"encoder.{i}"
-            rules += norm_rules(f"{b}.ln_1", f"{s}.norm1", e)
-            rules += fused_qkv_rules(f"{b}.self_attention.in_proj_", i, a, e, bias=p.qkv_bias)
-            bo = f"{s}.mha.bo" if p.out_bias else None
-            rules += linear_rules(f"{b}.self_attention.out_proj", f"{s}.mha.Wo", bo, e, a)
-            rules += norm_rules(f"{b}.ln_2", f"{s}.norm2", e)
-            rules += linear_rules(f"{b}.mlp.0", f"{s}.ffn.W1", f"{s}.ffn.b1", f, e)
-            rules += linear_rules(f"{b}.mlp.3", f"{s}.ffn.W2", f"{s}.ffn.b2", e, f)
+            rules += layer_rules(_layer(name), i, embed=e, hidden=f, attn=a, profile=p)
         rules += norm_rules("encoder.ln", "final_norm", e)
         rules += [
             Rule("heads.head.weight", ("head_W",), (c.num_classes, e), copy),
@@ -226,13 +230,8 @@ class TorchvisionAdapter(RuleAdapter):
             "patch_embed": [out("conv_proj", flatten_grid)],
             "pos_embed": [inp(paths[0] if paths else "encoder.ln"), out("encoder.dropout")],
         }
-        for i, b in enumerate(paths):
-            s = f"blocks.{i}"
-            t[f"{s}.norm1"] = [inp(f"{b}.self_attention"), out(f"{b}.ln_1")]
-            t[f"{s}.attn"] = [out(f"{b}.self_attention", take0)]
-            t[f"{s}.norm2"] = [inp(f"{b}.mlp"), out(f"{b}.ln_2")]
-            t[f"{s}.mlp"] = [out(f"{b}.mlp")]
-            t[s] = [inp(after[i]), out(b)]
+        for i, (name, _) in enumerate(self._layers()):
+            t.update(layer_taps(_layer(name), i, after[i]))
         t["final_norm"] = [out("encoder.ln")]
         t["pool"] = [inp("heads")]
         t["head"] = [out("heads")]

@@ -35,38 +35,43 @@ import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from vitspec.config import ViTConfig
+from vitspec.primitives.variations import posemb_sincos_2d
 from vitspec.profiles import PROFILES, Pooling
+from vitspec.schema import head_width
 
 from .base import (
     Description,
+    LayerPaths,
     PerLayer,
     Rule,
     RuleAdapter,
     Tap,
     Unsupported,
-    activation_kind,
     as_vector,
     check_layer_norm,
     check_linear,
     consensus,
     copy,
     find_base,
-    fused_qkv_rules,
     inp,
-    linear_rules,
+    layer_rules,
+    layer_taps,
     norm_rules,
     out,
     overridden,
     raise_unsupported,
+    read_layer,
     squeeze_to,
 )
 
 __all__ = ["VitPytorchAdapter"]
 
 _MOD = "vit_pytorch.vit"
+_SIMPLE = "vit_pytorch.simple_vit"
 _PATTERN = "b c (h p1) (w p2) -> b (h w) (p1 p2 c)"
 
 
@@ -94,6 +99,25 @@ def _patch_vector(ph: int, pw: int, c: int) -> Callable[[Tensor], tuple[Tensor, 
     return fn
 
 
+def _layer(i: int) -> LayerPaths:
+    """Layer ``i``'s row of the table. The layer has no module of its own (``block=None``): the residual
+    sums run in ``Transformer.forward``; the Attention holds norm1, the FeedForward's ``net.0`` is norm2."""
+    b = f"transformer.layers.{i}"
+    return LayerPaths(
+        norm1=f"{b}.0.norm",
+        attn=f"{b}.0",
+        qkv=f"{b}.0.to_qkv.",
+        proj=f"{b}.0.to_out.0",
+        norm2=f"{b}.1.net.0",
+        mlp=f"{b}.1",
+        fc1=f"{b}.1.net.1",
+        act=f"{b}.1.net.2",
+        fc2=f"{b}.1.net.4",
+        attn_in=f"{b}.0.to_qkv",
+        mlp_in=f"{b}.1.net.1",
+    )
+
+
 class VitPytorchAdapter(RuleAdapter):
     """``vit_pytorch.ViT`` (``pool='cls'`` or ``'mean'``)."""
 
@@ -102,15 +126,31 @@ class VitPytorchAdapter(RuleAdapter):
     def __init__(self, model: nn.Module, *, copy: bool = True, input_hw: tuple[int, int] | None = None) -> None:
         super().__init__(model, copy=copy)
         self.input_hw = input_hw
+        self._dim_heads: dict[str, int] = {}  # per-head width of every Attention (read by describe)
+
+    def _head_dim(self, e: int, heads: int, bad: list[str]) -> int | None:
+        """The profile ``head_dim``: None when every layer's ``dim_head`` is ``dim // heads`` (the spec's split)."""
+        dim_head, _ = consensus(self._dim_heads, e // max(heads, 1), "dim_head")
+        bad += [f"{k}: dim_head {v} (the others have {dim_head})" for k, v in self._dim_heads.items() if v != dim_head]
+        if dim_head <= 0:
+            bad.append(f"dim_head {dim_head} (an attention needs a positive per-head width)")
+        return None if dim_head == e // max(heads, 1) else dim_head
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
-        return find_base(model, _MOD, "ViT") is not None
+        return find_base(model, _MOD, "ViT") is not None or find_base(model, _SIMPLE, "SimpleViT") is not None
+
+    @property
+    def _simple(self) -> bool:
+        """The model is a ``SimpleViT`` (fixed 2-D sin-cos table, mean pool, bias-free attention)."""
+        return find_base(self.model, _MOD, "ViT") is None
 
     def _fail(self, problems: list[str]) -> None:
         raise_unsupported(problems, self.name)
 
     def describe(self) -> Description:
+        if self._simple:
+            return self._describe_simple()
         m: Any = self.model
         bad: list[str] = []
         base = find_base(m, _MOD, "ViT")
@@ -180,6 +220,7 @@ class VitPytorchAdapter(RuleAdapter):
             self._fail([*bad, f"transformer is {type(tr).__name__} (only vit_pytorch.vit.Transformer)"])
         layers = list(tr.layers)
         r = self._check_layers(layers, e, bad)
+        head_dim = self._head_dim(e, r.heads, bad)
         try:
             r.eps["transformer.norm"] = check_layer_norm(tr.norm, "transformer.norm", e, self.name)
         except Unsupported as err:
@@ -195,6 +236,7 @@ class VitPytorchAdapter(RuleAdapter):
             out_bias=r.out_bias if layers else p0.out_bias,
             pooling=pooling,
             source=f"vit_pytorch.ViT (pool={pool!r})",
+            head_dim=head_dim,
         )
         heads, hidden = r.heads, r.hidden
         cfg = ViTConfig(ph, pw, ph, 0, e, hidden, heads, len(layers), m.mlp_head.out_features)
@@ -239,17 +281,13 @@ class VitPytorchAdapter(RuleAdapter):
                 bad.append(f"{w}.1 is not FeedForward(LayerNorm, Linear, act, Dropout, Linear, Dropout)")
                 continue
             try:
-                r.eps[f"{w}.1.net.0"] = check_layer_norm(net[0], f"{w}.1.net.0", e, self.name)
                 check_linear(net[1], f"{w}.1.net.1", self.name)
                 check_linear(net[4], f"{w}.1.net.4", self.name)
             except Unsupported as err:
                 bad.append(err.reason)
                 continue
-            try:
-                r.act[f"{w}.1.net.2"], note = activation_kind(net[2], f"{w}.1.net.2", self.name)
-                r.notes += [note] if note else []
-            except Unsupported as err:
-                bad.append(err.reason)
+            if _is(attn, "Attention"):
+                read_layer(self.model, _layer(i), e, self.name, r, bad)
             width = int(getattr(net[1], "out_features", 0))
             if i == 0:
                 r.hidden = width
@@ -269,7 +307,6 @@ class VitPytorchAdapter(RuleAdapter):
         if i == 0:
             r.heads = attn.heads
         try:
-            r.eps[f"{w}.0.norm"] = check_layer_norm(attn.norm, f"{w}.0.norm", e, self.name)
             check_linear(attn.to_qkv, f"{w}.0.to_qkv", self.name, bias=None)
         except Unsupported as err:
             bad.append(err.reason)
@@ -277,9 +314,9 @@ class VitPytorchAdapter(RuleAdapter):
         dim_head = inner // attn.heads if attn.heads else 0
         if attn.heads != r.heads:
             bad.append(f"{w}.0: {attn.heads} heads (layer 0 has {r.heads})")
-        if dim_head * attn.heads != e:
-            bad.append(f"{w}.0: dim_head * heads = {dim_head} * {attn.heads} != dim {e} (spec head width: dim//heads)")
-        elif dim_head and abs(float(attn.scale) - dim_head**-0.5) > 1e-12 * dim_head**-0.5:
+        # dim_head * heads != dim is the variation point head_dim (vit-pytorch's default dim_head is 64).
+        self._dim_heads[f"{w}.0"] = dim_head
+        if dim_head and abs(float(attn.scale) - dim_head**-0.5) > 1e-12 * dim_head**-0.5:
             r.notes.append(
                 f"{w}.0: scale {float(attn.scale)!r} is not 1/sqrt(dim_head) = {dim_head**-0.5!r}; "
                 f"the comparison is expected to diverge at blocks.{i}.attn"
@@ -293,9 +330,11 @@ class VitPytorchAdapter(RuleAdapter):
                 bad.append(err.reason)
 
     def key_map(self) -> list[Rule]:
+        if self._simple:
+            return self._simple_key_map()
         d = self.description()
         c, p = d.cfg, d.profile
-        e, f, a, ph, pw, ch = c.embed_dim, c.hidden_dim, c.head_count * c.head_dim, c.patch_h, c.patch_w, d.in_c
+        e, f, a, ph, pw, ch = c.embed_dim, c.hidden_dim, c.head_count * head_width(c, p), c.patch_h, c.patch_w, d.in_c
         m: Any = self.model
         n_cls = 1 if d.variant == "cls" else 0
         tokens = c.tokens(d.in_h, d.in_w) + n_cls
@@ -316,13 +355,7 @@ class VitPytorchAdapter(RuleAdapter):
             rules.append(Rule.ignore("cls_token", cls_shape, "empty class-token table of pool='mean'"))
         rules.append(Rule("pos_embedding", ("pos",), tuple(m.pos_embedding.shape), squeeze_to(tokens, e)))
         for i in range(c.num_layers):
-            b, s = f"transformer.layers.{i}", f"encoder.{i}"
-            rules += norm_rules(f"{b}.0.norm", f"{s}.norm1", e)
-            rules += fused_qkv_rules(f"{b}.0.to_qkv.", i, a, e, bias=p.qkv_bias)
-            rules += linear_rules(f"{b}.0.to_out.0", f"{s}.mha.Wo", f"{s}.mha.bo" if p.out_bias else None, e, a)
-            rules += norm_rules(f"{b}.1.net.0", f"{s}.norm2", e)
-            rules += linear_rules(f"{b}.1.net.1", f"{s}.ffn.W1", f"{s}.ffn.b1", f, e)
-            rules += linear_rules(f"{b}.1.net.4", f"{s}.ffn.W2", f"{s}.ffn.b2", e, f)
+            rules += layer_rules(_layer(i), i, embed=e, hidden=f, attn=a, profile=p)
         rules += norm_rules("transformer.norm", "final_norm", e)
         rules += [
             Rule("mlp_head.weight", ("head_W",), (c.num_classes, e), copy),
@@ -331,6 +364,8 @@ class VitPytorchAdapter(RuleAdapter):
         return rules
 
     def stage_paths(self) -> dict[str, list[Tap]]:
+        if self._simple:
+            return self._simple_stage_paths()
         n = self.description().cfg.num_layers
         lay = [f"transformer.layers.{i}" for i in range(n)]
         # The residual sums run in Transformer.forward, not in a module: a layer's output is what
@@ -340,14 +375,214 @@ class VitPytorchAdapter(RuleAdapter):
             "patch_embed": [out("to_patch_embedding")],
             "pos_embed": [inp("transformer"), out("dropout")],
         }
-        for i, b in enumerate(lay):
-            s = f"blocks.{i}"
-            t[f"{s}.norm1"] = [inp(f"{b}.0.to_qkv"), out(f"{b}.0.norm")]
-            t[f"{s}.attn"] = [out(f"{b}.0")]
-            t[f"{s}.norm2"] = [inp(f"{b}.1.net.1"), out(f"{b}.1.net.0")]
-            t[f"{s}.mlp"] = [out(f"{b}.1")]
-            t[s] = [inp(after[i])]
+        for i in range(n):
+            t.update(layer_taps(_layer(i), i, after[i]))
         t["final_norm"] = [out("transformer"), out("transformer.norm")]
         t["pool"] = [inp("mlp_head"), out("to_latent")]  # to_latent is an Identity between them
         t["head"] = [out("mlp_head")]
         return t
+
+    # -- SimpleViT (vit_pytorch.simple_vit): a variation-point model ------------------------------------
+    def _describe_simple(self) -> Description:
+        """``SimpleViT``: the ViT's linear_ln patch embedding, a fixed 2-D sin-cos table (``pos_embed='sincos_2d'``,
+        built in float32 like the library), pre-norm layers with bias-free q/k/v and output projections,
+        GELU, a final norm, the mean over every token, a Linear head."""
+        m: Any = self.model
+        bad: list[str] = []
+        base = find_base(m, _SIMPLE, "SimpleViT")
+        assert base is not None
+        if type(m) is not base and (redefined := overridden(m, base, ("forward",))):
+            bad.append(f"{type(m).__name__} redefines {', '.join(redefined)}")
+        in_c, ph, pw, e = self._simple_patches(m, bad)
+        tr: Any = m.transformer
+        if (type(tr).__module__, type(tr).__qualname__) != (_SIMPLE, "Transformer"):
+            self._fail([*bad, f"transformer is {type(tr).__name__} (only vit_pytorch.simple_vit.Transformer)"])
+        layers = list(tr.layers)
+        r = self._simple_layers(layers, e, bad)
+        head_dim = self._head_dim(e, r.heads, bad)
+        try:
+            r.eps["transformer.norm"] = check_layer_norm(tr.norm, "transformer.norm", e, self.name)
+        except Unsupported as err:
+            bad.append(err.reason)
+        head = getattr(m, "linear_head", None)
+        if not (isinstance(head, nn.Linear) and head.bias is not None):
+            bad.append(f"linear_head is {type(head).__name__}, not nn.Linear with bias")
+        if not isinstance(getattr(m, "to_latent", nn.Identity()), nn.Identity):
+            bad.append(f"to_latent is {type(m.to_latent).__name__}, not Identity")
+        grid = self._simple_grid(m, ph, pw, e, bad)
+        self._fail(bad)
+        assert grid is not None and isinstance(head, nn.Linear)
+        (gh, gw), how = grid
+        p0 = PROFILES["vit_pytorch"]
+        eps, eps_notes = consensus(r.eps, p0.ln_eps, "LayerNorm eps")
+        act, act_notes = consensus(r.act, p0.activation, "activation")
+        profile = p0.replace(
+            ln_eps=eps,
+            activation=act,
+            qkv_bias=False,
+            out_bias=False,
+            pooling="mean",
+            pos_embed="sincos_2d",
+            head_dim=head_dim,
+            source="vit_pytorch.SimpleViT (posemb_sincos_2d, mean pool)",
+        )
+        cfg = ViTConfig(ph, pw, ph, 0, e, r.hidden, r.heads, len(layers), head.out_features)
+        return Description(
+            library=self.name,
+            model_name="vit_pytorch.SimpleViT",
+            cfg=cfg,
+            in_c=in_c,
+            in_h=gh * ph,
+            in_w=gw * pw,
+            variant="mean",
+            profile=profile,
+            notes=(*eps_notes, *act_notes, *r.notes, how),
+        )
+
+    def _simple_patches(self, m: Any, bad: list[str]) -> tuple[int, int, int, int]:
+        """``(in_c, patch_h, patch_w, dim)`` of the Rearrange-LayerNorm-Linear-LayerNorm patch embedding."""
+        pe = m.to_patch_embedding
+        if not (isinstance(pe, nn.Sequential) and len(pe) == 4):
+            self._fail([f"to_patch_embedding is not Rearrange-LayerNorm-Linear-LayerNorm ({type(pe).__name__})"])
+        rearr, ln_in, lin, ln_out = pe
+        pattern = " ".join(str(getattr(rearr, "pattern", "")).split())
+        if type(rearr).__name__ != "Rearrange" or pattern != _PATTERN:
+            self._fail([f"to_patch_embedding.0 is not Rearrange({_PATTERN!r}) (got {pattern!r})"])
+        ph, pw = int(rearr.axes_lengths["p1"]), int(rearr.axes_lengths["p2"])
+        if ph != pw:
+            bad.append(f"non-square patches {ph}x{pw} (the spec's linear_ln patch embedding steps by one stride)")
+        try:
+            check_linear(lin, "to_patch_embedding.2", self.name)
+        except Unsupported as err:
+            self._fail([err.reason])
+        e, patch_dim = lin.out_features, lin.in_features
+        if patch_dim % (ph * pw):
+            self._fail([f"patch_dim {patch_dim} is not channels * {ph} * {pw}"])
+        for what, ln, dim in (("to_patch_embedding.1", ln_in, patch_dim), ("to_patch_embedding.3", ln_out, e)):
+            try:
+                check_layer_norm(ln, what, dim, self.name)
+            except Unsupported as err:
+                bad.append(err.reason)
+        return patch_dim // (ph * pw), ph, pw, e
+
+    def _simple_grid(self, m: Any, ph: int, pw: int, e: int, bad: list[str]) -> tuple[tuple[int, int], str] | None:
+        """The patch grid: the ``(h, w)`` whose ``posemb_sincos_2d`` *is* the model's table (it depends on ``w``,
+        so a non-square grid is read off it exactly), or ``input_hw`` when given (and checked against it)."""
+        table = getattr(m, "pos_embedding", None)
+        if not isinstance(table, Tensor) or table.dim() != 2 or table.shape[1] != e:
+            bad.append(f"pos_embedding is not a (patches, {e}) table")
+            return None
+        rows = table.shape[0]
+        if e % 4 or e < 8:
+            bad.append(f"dim {e}: the 2-D sin-cos table needs a multiple of 4, at least 8")
+            return None
+        fits = [(h, rows // h) for h in range(1, rows + 1) if rows % h == 0 and _sincos_matches(table, h, rows // h)]
+        if self.input_hw is not None:
+            gh, gw = self.input_hw[0] // ph, self.input_hw[1] // pw
+            if self.input_hw[0] % ph or self.input_hw[1] % pw or (gh, gw) not in fits:
+                bad.append(f"input_hw={self.input_hw} is not the {ph}x{pw}-patch grid of the model's sin-cos table "
+                           f"(grids that fit: {fits or 'none'})")  # fmt: skip
+                return None
+            return (gh, gw), f"input size {self.input_hw[0]}x{self.input_hw[1]} (given), matches the sin-cos table"
+        if len(fits) != 1:
+            bad.append(f"cannot infer the image size from the {rows}-row sin-cos table "
+                       f"(grids that fit: {fits or 'none'}; pass input_hw=(H, W))")  # fmt: skip
+            return None
+        (gh, gw) = fits[0]
+        return (gh, gw), f"input size {gh * ph}x{gw * pw} read off the sin-cos table (the only {gh}x{gw} grid it fits)"
+
+    def _simple_layers(self, layers: list[Any], e: int, bad: list[str]) -> PerLayer:
+        """Every layer: ``Attention(norm, to_qkv, to_out)`` without biases, ``FeedForward(LN, Linear, act, Linear)``."""
+        r = PerLayer(qkv_bias=False, out_bias=False)
+        for i, layer in enumerate(layers):
+            w = f"transformer.layers.{i}"
+            attn: Any = layer[0] if isinstance(layer, nn.ModuleList) and len(layer) == 2 else None
+            ff: Any = layer[1] if attn is not None else None
+            kinds = [(type(x).__module__, type(x).__qualname__) for x in (attn, ff)]
+            if kinds != [(_SIMPLE, "Attention"), (_SIMPLE, "FeedForward")]:
+                bad.append(f"{w} is not ModuleList([Attention, FeedForward]) of vit_pytorch.simple_vit")
+                continue
+            if i == 0:
+                r.heads = attn.heads
+            elif attn.heads != r.heads:
+                bad.append(f"{w}.0: {attn.heads} heads (layer 0 has {r.heads})")
+            net: Any = ff.net
+            try:
+                for lin, what in ((attn.to_qkv, "0.to_qkv"), (attn.to_out, "0.to_out")):
+                    if check_linear(lin, f"{w}.{what}", self.name, bias=None).bias is not None:
+                        bad.append(f"{w}.{what} has a bias (SimpleViT's have none)")
+                check_linear(net[1], f"{w}.1.net.1", self.name)
+                check_linear(net[3], f"{w}.1.net.3", self.name)
+            except (Unsupported, IndexError, TypeError) as err:
+                bad.append(getattr(err, "reason", f"{w}.1.net is not LayerNorm-Linear-act-Linear"))
+                continue
+            dim_head = attn.to_qkv.out_features // 3 // max(attn.heads, 1)
+            self._dim_heads[f"{w}.0"] = dim_head
+            if dim_head and abs(float(attn.scale) - dim_head**-0.5) > 1e-12 * dim_head**-0.5:
+                r.notes.append(f"{w}.0: scale {float(attn.scale)!r} is not 1/sqrt(dim_head); expect blocks.{i}.attn")
+            read_layer(self.model, _simple_layer(i), e, self.name, r, bad)
+            width = int(net[1].out_features)
+            if i == 0:
+                r.hidden = width
+            elif width != r.hidden:
+                bad.append(f"{w}.1: hidden width {width} (layer 0 has {r.hidden})")
+        return r
+
+    def _simple_key_map(self) -> list[Rule]:
+        d = self.description()
+        c, p = d.cfg, d.profile
+        e, f, a, ph, pw, ch = c.embed_dim, c.hidden_dim, c.head_count * head_width(c, p), c.patch_h, c.patch_w, d.in_c
+        pd, pe = ch * ph * pw, "to_patch_embedding"
+        rules = [
+            Rule(f"{pe}.1.weight", ("patch_norm_in_gamma",), (pd,), _patch_vector(ph, pw, ch)),
+            Rule(f"{pe}.1.bias", ("patch_norm_in_beta",), (pd,), _patch_vector(ph, pw, ch)),
+            Rule(f"{pe}.2.weight", ("patch_kernel",), (e, pd), _kernel_from_linear(e, ph, pw, ch)),
+            Rule(f"{pe}.2.bias", ("patch_bias",), (e,), copy),
+            Rule(f"{pe}.3.weight", ("patch_norm_out_gamma",), (e,), copy),
+            Rule(f"{pe}.3.bias", ("patch_norm_out_beta",), (e,), copy),
+        ]
+        for i in range(c.num_layers):
+            rules += layer_rules(_simple_layer(i), i, embed=e, hidden=f, attn=a, profile=p)
+        rules += norm_rules("transformer.norm", "final_norm", e)
+        rules += [
+            Rule("linear_head.weight", ("head_W",), (c.num_classes, e), copy),
+            Rule("linear_head.bias", ("head_b",), (c.num_classes,), copy),
+        ]
+        return rules
+
+    def _simple_stage_paths(self) -> dict[str, list[Tap]]:
+        n = self.description().cfg.num_layers
+        lay = [f"transformer.layers.{i}" for i in range(n)]
+        after = [f"{p}.0" for p in lay[1:]] + ["transformer.norm"]
+        # The table is added in SimpleViT.forward (x += pos), not in a module: pos_embed is what the transformer gets.
+        t: dict[str, list[Tap]] = {"patch_embed": [out("to_patch_embedding")], "pos_embed": [inp("transformer")]}
+        for i in range(n):
+            t.update(layer_taps(_simple_layer(i), i, after[i]))
+        t["final_norm"] = [out("transformer"), out("transformer.norm")]
+        t["pool"] = [inp("linear_head"), out("to_latent")]
+        t["head"] = [out("linear_head")]
+        return t
+
+
+def _simple_layer(i: int) -> LayerPaths:
+    """SimpleViT layer ``i``: as the ViT's, with ``to_out`` a bare Linear and ``net = (LN, Linear, act, Linear)``."""
+    b = f"transformer.layers.{i}"
+    return LayerPaths(
+        norm1=f"{b}.0.norm",
+        attn=f"{b}.0",
+        qkv=f"{b}.0.to_qkv.",
+        proj=f"{b}.0.to_out",
+        norm2=f"{b}.1.net.0",
+        mlp=f"{b}.1",
+        fc1=f"{b}.1.net.1",
+        act=f"{b}.1.net.2",
+        fc2=f"{b}.1.net.3",
+        attn_in=f"{b}.0.to_qkv",
+        mlp_in=f"{b}.1.net.1",
+    )
+
+
+def _sincos_matches(table: Tensor, h: int, w: int) -> bool:
+    """Whether ``table`` is vit-pytorch's ``posemb_sincos_2d(h, w, dim)`` (float32, as the library builds it)."""
+    ref = posemb_sincos_2d(h, w, table.shape[1], dtype=torch.float32)
+    return bool(torch.equal(table.detach().to("cpu", torch.float32), ref))

@@ -163,7 +163,7 @@ def test_stage(conformance_report: Any, stage: str) -> None:
     cmp = ">" if s.ok is False else "<="
     detail = f"{stage} rel err {s.rel_err:.1e} {cmp} tol {s.tol:.1e}" if s.rel_err is not None else stage
     if s.isolated_ok is False:
-        detail += f", isolated err {s.isolated_err:.1e} > tol {s.isolated_tol:.1e}"
+        detail += f" (isolated err {s.isolated_err:.1e} > tol {s.isolated_tol:.1e})"
     if s.spec_lowp_err is not None:
         detail += f" (spec in {r.environment.get('dtype')}: {s.spec_lowp_err:.1e})"
     if s.note:

@@ -38,9 +38,13 @@ from ..primitives import (
     relu,
     relu_backward,
 )
+from ..primitives.activations import IN_PLACE
 from ..primitives.attention import HeadSplit, mha_inference
+from ..primitives.variations import ACTIVATIONS as VARIATION_ACTIVATIONS
 from ..schema import Activation, NormPlacement, sub_op_order
 from .grads import EncoderLayerGrads, FFNGrads, MHAGrads
+from .layer import LayerOptions, LayerParams
+from .variant_layer import VariantCache, variant_layer_backward, variant_layer_forward, variant_sub_op
 
 __all__ = [
     "LayerCache",
@@ -60,15 +64,19 @@ _ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tens
     "relu": (relu, relu_backward),
     "gelu_erf": (gelu_erf, gelu_erf_backward),
     "gelu_tanh": (gelu_tanh, gelu_tanh_backward),
+    # variation points (vitspec.primitives.variations): QuickGELU (CLIP), SiLU, sigmoid
+    **{k: f for k, f in VARIATION_ACTIVATIONS.items() if k in ("quick_gelu", "silu", "sigmoid")},
 }
 
 
-def sub_op_names(norm_placement: NormPlacement) -> tuple[str, ...]:
+def sub_op_names(norm_placement: NormPlacement, layer_scale: bool = False) -> tuple[str, ...]:
     """The layer's captured sub-ops in execution order (:func:`vitspec.schema.sub_op_order`)."""
-    return sub_op_order(norm_placement)
+    return sub_op_order(norm_placement, layer_scale)
 
 
-def sub_op_input(name: str, x: Tensor, outputs: Mapping[str, Tensor], norm_placement: NormPlacement) -> Tensor | None:
+def sub_op_input(
+    name: str, x: Tensor, outputs: Mapping[str, Tensor], norm_placement: NormPlacement, layer_scale: bool = False
+) -> Tensor | None:
     """The input of sub-op ``name`` given the layer input ``x`` and the sub-op ``outputs`` before it.
 
     The residual sums have no sub-op of their own, so they are rebuilt from their summands
@@ -82,6 +90,8 @@ def sub_op_input(name: str, x: Tensor, outputs: Mapping[str, Tensor], norm_place
         if norm_placement == "pre"
         else {"attn": ("x",), "norm1": ("x", "attn"), "mlp": ("norm1",), "norm2": ("norm1", "mlp")}
     )
+    if layer_scale and norm_placement == "pre":  # LayerScale sits between each branch and its residual
+        feeds = {**feeds, "ls1": ("attn",), "norm2": ("x", "ls1"), "ls2": ("mlp",)}
     values = {**outputs, "x": x}
     parts = [values.get(k) for k in feeds[name]]
     if any(t is None for t in parts):
@@ -94,49 +104,20 @@ def sub_op_forward(name: str, x: Tensor, p: LayerParams, opts: LayerOptions) -> 
 
     ``norm1`` / ``norm2``: the LayerNorm; ``attn``: the MHA (no residual); ``mlp``: the FFN
     ``act(x W1 + b1) W2 + b2`` (no residual): the same primitives :func:`encoder_layer` chains.
+    Under a variation point (``not opts.is_core``) the sub-ops are those of
+    :func:`~vitspec.models.variant_layer.variant_sub_op` (``ls1``/``ls2`` with LayerScale).
     """
+    if not opts.is_core:
+        return variant_sub_op(name, x, p, opts)
     if name in ("norm1", "norm2"):
         g, b = (p.norm1_gamma, p.norm1_beta) if name == "norm1" else (p.norm2_gamma, p.norm2_beta)
+        assert b is not None  # a core layer's norms are LayerNorms
         return layer_norm(x, g, b, opts.eps)
     if name == "attn":
         return mha(x, p.Wq, p.Wk, p.Wv, p.Wo, p.bq, p.bk, p.bv, p.bo, heads=opts.heads, head_split=opts.head_split)[0]
     if name == "mlp":
         return linear(_ACTIVATIONS[opts.activation][0](linear(x, p.W1, p.b1)), p.W2, p.b2)
     raise ValueError(f"unknown sub-op {name!r}; sub-ops: norm1, attn, norm2, mlp")
-
-
-@dataclass(frozen=True)
-class LayerOptions:
-    """The non-tensor settings of a layer: head count and the profile's numerics."""
-
-    heads: int
-    norm_placement: NormPlacement = "post"
-    activation: Activation = "relu"
-    eps: float = 1e-6
-    head_split: HeadSplit = "reshape_swap"  # Lean splitHeadsSpec of the profile's revision
-    lean_backward: bool = True  # MHA backward as the Lean writes it (see vitspec.primitives.attention)
-
-
-@dataclass
-class LayerParams:
-    """One layer's tensors under their spec names (``encoder.{i}.<name>`` in the state dict)."""
-
-    Wq: Tensor  # (embed_dim, attn_dim), (in, out) layout
-    Wk: Tensor
-    Wv: Tensor
-    Wo: Tensor  # (attn_dim, embed_dim)
-    W1: Tensor  # (embed_dim, hidden_dim)
-    b1: Tensor  # (hidden_dim,)
-    W2: Tensor  # (hidden_dim, embed_dim)
-    b2: Tensor  # (embed_dim,)
-    norm1_gamma: Tensor
-    norm1_beta: Tensor
-    norm2_gamma: Tensor
-    norm2_beta: Tensor
-    bq: Tensor | None = None  # (attn_dim,), profile.qkv_bias
-    bk: Tensor | None = None
-    bv: Tensor | None = None
-    bo: Tensor | None = None  # (embed_dim,), profile.out_bias
 
 
 @dataclass
@@ -187,6 +168,7 @@ def encoder_layer(
     need_y: bool = True,
     capture: MutableMapping[str, Tensor] | None = None,
     prefix: str = "",
+    fast: bool = True,
 ) -> tuple[Float[Tensor, "*batch tokens embed_dim"] | None, LayerCache | None]:
     """Encoder layer forward ``y``; with ``keep`` also the :class:`LayerCache` for the backward.
 
@@ -194,14 +176,20 @@ def encoder_layer(
     and ``{prefix}norm2`` (the stage table of ``docs/architecture.md``). ``need_y=False`` (with
     ``keep``) is the backward's recomputation: a pre-norm layer's backward needs nothing past the
     activation, so the second FFN matmul is skipped and ``y`` is ``None``.
+
+    When nothing is kept (no ``keep``, no ``capture``, no autograd graph) and ``fast`` is left on,
+    ``y`` comes from a forward-only path (fused attention kernel, in-place residual sums) equal
+    to the spec's ops up to rounding; ``fast=False`` keeps the spec's ops bit for bit (a forward
+    whose layer outputs a backward will replay, as ``mode='recompute'``).
     """
     act = _ACTIVATIONS[activation][0]
     tensors = (x, Wq, Wk, Wv, Wo, W1, b1, W2, b2, norm1_gamma, norm1_beta, norm2_gamma, norm2_beta, bq, bk, bv, bo)
-    if not keep and capture is None and not _records_graph(tensors):
+    if fast and not keep and capture is None and not _records_graph(tensors):
         # Nothing is kept (no cache, no capture, no autograd graph): the forward-only path.
         y = _layer_inference(
             x, Wq, Wk, Wv, Wo, W1, b1, W2, b2, norm1_gamma, norm1_beta, norm2_gamma, norm2_beta, bq, bk, bv, bo,
-            heads=heads, norm_placement=norm_placement, act=act, eps=eps, head_split=head_split,
+            heads=heads, norm_placement=norm_placement, act=IN_PLACE.get(activation, act), eps=eps,
+            head_split=head_split,
         )  # fmt: skip
         return y, None
     if norm_placement == "post":
@@ -269,8 +257,9 @@ def _layer_inference(
     head_split: HeadSplit,
 ) -> Tensor:
     """:func:`encoder_layer`'s ``y`` when nothing is kept: the same sums in the same order, with the
-    attention core fused (:func:`~vitspec.primitives.attention.mha_inference`) and each residual
-    added in place into the freshly made branch output (no extra tensor per sum)."""
+    attention core fused (:func:`~vitspec.primitives.attention.mha_inference`), and the activation
+    and each residual sum written into the freshly made tensor they consume (``act`` may work in
+    place: its input is never needed again)."""
     if norm_placement == "post":
         a = mha_inference(x, Wq, Wk, Wv, Wo, bq, bk, bv, bo, heads=heads, head_split=head_split)
         h = layer_norm(a.add_(x), norm1_gamma, norm1_beta, eps)  # LN1(x + a)
@@ -387,22 +376,33 @@ def layer_forward(
     keep: bool = False,
     capture: MutableMapping[str, Tensor] | None = None,
     prefix: str = "",
-) -> tuple[Tensor, LayerCache | None]:
-    """:func:`encoder_layer` with the tensors of a :class:`LayerParams` and the settings of a :class:`LayerOptions`."""
+    fast: bool = True,
+) -> tuple[Tensor, LayerCache | VariantCache | None]:
+    """:func:`encoder_layer` with the tensors of a :class:`LayerParams` and the settings of a :class:`LayerOptions`
+    (:func:`~vitspec.models.variant_layer.variant_layer_forward` under a variation point)."""
+    if not opts.is_core:
+        return variant_layer_forward(x, p, opts, keep=keep, capture=capture, prefix=prefix)
+    assert p.b1 is not None and p.b2 is not None and p.norm1_beta is not None and p.norm2_beta is not None
     y, cache = encoder_layer(
         x, p.Wq, p.Wk, p.Wv, p.Wo, p.W1, p.b1, p.W2, p.b2,
         p.norm1_gamma, p.norm1_beta, p.norm2_gamma, p.norm2_beta, p.bq, p.bk, p.bv, p.bo,
         heads=opts.heads, norm_placement=opts.norm_placement, activation=opts.activation, eps=opts.eps,
-        head_split=opts.head_split, keep=keep, capture=capture, prefix=prefix,
+        head_split=opts.head_split, keep=keep, capture=capture, prefix=prefix, fast=fast,
     )  # fmt: skip
     assert y is not None  # need_y is left True
     return y, cache
 
 
 def layer_backward(
-    x: Tensor, p: LayerParams, opts: LayerOptions, dy: Tensor, *, cache: LayerCache | None = None
+    x: Tensor, p: LayerParams, opts: LayerOptions, dy: Tensor, *, cache: LayerCache | VariantCache | None = None
 ) -> tuple[Tensor, EncoderLayerGrads]:
-    """:func:`encoder_layer_backward` with a :class:`LayerParams` and :class:`LayerOptions`."""
+    """:func:`encoder_layer_backward` with a :class:`LayerParams` and :class:`LayerOptions`
+    (:func:`~vitspec.models.variant_layer.variant_layer_backward` under a variation point)."""
+    if not opts.is_core:
+        assert cache is None or isinstance(cache, VariantCache)
+        return variant_layer_backward(x, p, opts, dy, cache=cache)
+    assert cache is None or isinstance(cache, LayerCache)
+    assert p.b1 is not None and p.b2 is not None and p.norm1_beta is not None and p.norm2_beta is not None
     return encoder_layer_backward(
         x, p.Wq, p.Wk, p.Wv, p.Wo, p.W1, p.b1, p.W2, p.b2,
         p.norm1_gamma, p.norm1_beta, p.norm2_gamma, p.norm2_beta, dy, p.bq, p.bk, p.bv, p.bo,

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, TypeVar
 from torch import Tensor
 
 from ..errors import MappingError
-from ..schema import EMBED_PARAMS, HEAD_PARAMS, LAYER_PARAMS, Param
+from ..schema import EMBED_PARAMS, HEAD_PARAMS, LAYER_PARAMS, Param, ProfileLike
 
 __all__ = ["EncoderLayerGrads", "FFNGrads", "MHAGrads", "ViTClsGrads", "ViTGrads"]
 
@@ -93,7 +93,7 @@ class EncoderLayerGrads:
 
     @classmethod
     def from_keys(
-        cls, sub: dict[str, Tensor], prefix: str, *, variant: str
+        cls, sub: dict[str, Tensor], prefix: str, *, variant: str, profile: ProfileLike | None = None
     ) -> tuple[EncoderLayerGrads | None, list[str]]:
         """The layer record from ``sub`` (keys relative to ``prefix``; consumed), and the keys every
         ``variant`` model has that it lacks (with ``prefix``; the record is None then)."""
@@ -102,7 +102,7 @@ class EncoderLayerGrads:
         for row in LAYER_PARAMS:
             record, _, name = row.grad.rpartition(".")
             parts[record][name] = sub.pop(row.key, None)
-        missing = [prefix + r.key for r in LAYER_PARAMS if r.when.required(variant) and _field_in(parts, r) is None]
+        missing = [prefix + r.key for r in LAYER_PARAMS if _needed(r, variant, profile) and _field_in(parts, r) is None]
         if missing:
             return None, missing
         # Every required entry was found above, so the None values are optional fields.
@@ -112,6 +112,11 @@ class EncoderLayerGrads:
 
 #: The per-layer sub-records, by the prefix of ``Param.grad`` (``mha.dWq``).
 _LAYER_RECORDS: dict[str, type[MHAGrads] | type[FFNGrads]] = {"mha": MHAGrads, "ffn": FFNGrads}
+
+
+def _needed(row: Param, variant: str, profile: ProfileLike | None) -> bool:
+    """Whether a record must hold ``row``: under ``profile`` when given, else for the spec's parameters."""
+    return row.when.holds(variant, profile) if profile is not None else row.when.required(variant)
 
 
 def _field(obj: object, path: str) -> Tensor | None:
@@ -183,8 +188,9 @@ class ViTGrads:
         return iter(self.to_dict().items())
 
     @classmethod
-    def from_dict(cls: type[G], d: Mapping[str, Tensor]) -> G:
-        """Inverse of :meth:`to_dict`. Raises :class:`MappingError` listing every missing or unexpected key.
+    def from_dict(cls: type[G], d: Mapping[str, Tensor], *, profile: ProfileLike | None = None) -> G:
+        """Inverse of :meth:`to_dict`. Raises :class:`MappingError` listing every missing or unexpected key
+        (missing: relative to ``profile`` when given, else the spec's parameters, e.g. ``pos``).
 
         The layer count is read off the keys; layers must be numbered ``0..L-1`` without gaps.
         """
@@ -202,12 +208,12 @@ class ViTGrads:
                 top[known[key].grad] = t
             else:
                 unexpected.append(key)
-        missing += [r.key for r in top_rows if r.when.required(cls.variant) and r.grad not in top]
+        missing += [r.key for r in top_rows if _needed(r, cls.variant, profile) and r.grad not in top]
         n_layers = max(layers) + 1 if layers else 0
         d_encoder: list[EncoderLayerGrads] = []
         for i in range(n_layers):
             sub = dict(layers.get(i, {}))
-            layer, lacking = EncoderLayerGrads.from_keys(sub, f"encoder.{i}.", variant=cls.variant)
+            layer, lacking = EncoderLayerGrads.from_keys(sub, f"encoder.{i}.", variant=cls.variant, profile=profile)
             unexpected += [f"encoder.{i}.{rest}" for rest in sub]
             missing += lacking
             if layer is not None:

@@ -40,8 +40,6 @@ from ..primitives import (
     grid_to_tokens_backward,
     head,
     head_backward,
-    layer_norm,
-    layer_norm_backward,
     mean_pool,
     mean_pool_backward,
     patch_linear_ln,
@@ -51,8 +49,23 @@ from ..primitives import (
     token_select,
     token_select_backward,
 )
+from ..primitives.variations import (
+    cls_mean_concat,
+    cls_mean_concat_backward,
+    distilled_head,
+    distilled_head_backward,
+    fixed_pos_add,
+    fixed_pos_add_backward,
+    posemb_sincos_2d,
+    prefix_embed,
+    prefix_embed_backward,
+    prefix_rows,
+    prefix_rows_backward,
+    sincos_2d_timm,
+    sinusoidal_positional_encoding,
+)
 from ..profiles import Profile, get_profile
-from ..schema import LAYER_PARAMS, Variant
+from ..schema import LAYER_PARAMS, Variant, pos_prefix_count, prefix_count
 from ..schema import param_shapes as schema_param_shapes
 from ..schema import stage_names as schema_stage_names
 from .encoder import (
@@ -65,6 +78,7 @@ from .encoder import (
     sub_op_input,
 )
 from .grads import EncoderLayerGrads, ViTClsGrads, ViTGrads
+from .variant_layer import VariantCache, norm, norm_backward
 
 __all__ = [
     "MODES",
@@ -102,11 +116,12 @@ class ForwardCache:
     x: Tensor  # (B, channels, in_h, in_w)
     single: bool  # the caller passed one image without a batch axis
     layer_inputs: list[Tensor] = field(default_factory=list)  # (B, tokens, E) per layer
-    layer_caches: list[LayerCache | None] = field(default_factory=list)  # cache mode only
+    layer_caches: list[LayerCache | VariantCache | None] = field(default_factory=list)  # cache mode only
     encoded: Tensor | None = None  # last layer's output (B, tokens, E)
-    pooled: Tensor | None = None  # pool output (B, E)
+    pooled: Tensor | None = None  # pool output (B, pooled); the head's token sequence for a distilled head
     head_in: Tensor | None = None  # the vector the head is fed (after an after_pool norm)
     head_lin_in: Tensor | None = None  # the head Linear's input (after a head norm)
+    pre_norm_in: Tensor | None = None  # the input of a pre-norm (profile.pre_norm), (B, tokens, E)
 
 
 class ViTBase:
@@ -135,7 +150,7 @@ class ViTBase:
             raise ConfigError(v, context=f"{type(self).__name__} with profile {prof.name!r}")
         shapes = spec_param_shapes(cfg, in_c, in_h, in_w, variant=self.variant, profile=prof)
         _check_params(params, shapes, what=f"{type(self).__name__} parameters", same_dtype=True)
-        dims = Dims.from_config(cfg, in_c, in_h, in_w, cls_token=self.variant == "cls")
+        dims = Dims.from_config(cfg, in_c, in_h, in_w, cls_token=self.variant == "cls", profile=prof)
         self._setup(cfg, in_c, in_h, in_w, prof, dims, {k: params[k] for k in shapes})
 
     def _setup(
@@ -153,8 +168,17 @@ class ViTBase:
             float(prof.ln_eps),
             prof.head_split,
             prof.lean_backward,
+            layer_scale=prof.layer_scale,
+            qk_norm=prof.qk_norm,
+            norm=prof.norm,
+            ffn=prof.ffn,
+            ffn_bias=prof.ffn_bias,
         )
         self._pool = self._pool_kind()
+        # Prefix rows (CLS, distillation, registers) and the prefix rows the learned table covers.
+        self._prefix = prefix_count(self.variant, prof)
+        self._pos_prefix = pos_prefix_count(self.variant, prof)
+        self._pos_table = self._fixed_pos_table()
 
     def rebind(self: M, params: Mapping[str, Tensor]) -> M:
         """The same model over other tensors with this model's keys and shapes (no re-validation of the
@@ -287,15 +311,118 @@ class ViTBase:
         return LayerParams(**kw)  # type: ignore[arg-type]  # every present key was checked at construction
 
     def _pool_kind(self) -> tuple[str, int]:
-        """``("mean", first)`` (mean over tokens ``first..``) or ``("token", 0)``, from profile and variant."""
+        """``("mean", first)`` (mean over tokens ``first..``), ``("token", 0)`` or ``("cls_mean_concat", first)``,
+        from profile and variant; ``first`` skips every prefix token (CLS, distillation, registers)."""
         pooling, has_cls = self.profile.pooling, self.variant == "cls"
+        prefix = prefix_count(self.variant, self.profile)
         if pooling is None:
             return ("token", 0) if has_cls else ("mean", 0)
         if pooling == "token":
             return ("token", 0)
         if pooling == "mean":
-            return ("mean", 1 if has_cls else 0)  # timm 'avg': patch tokens only
+            return ("mean", prefix)  # timm 'avg': patch tokens only
+        if pooling == "cls_mean_concat":
+            return ("cls_mean_concat", prefix)  # HF DINOv2: [CLS; mean of the patch tokens]
         return ("mean", 0)  # mean_all: CLS included (vit-pytorch)
+
+    def _fixed_pos_table(self) -> Tensor | None:
+        """The fixed sin-cos table of ``profile.pos_embed`` (``(patches, E)``, model dtype/device), else None."""
+        kind, (h, w), e = self.profile.pos_embed, (self.dims["out_h"], self.dims["out_w"]), self.cfg.embed_dim
+        dev, dt = self._params["patch_kernel"].device, self._params["patch_kernel"].dtype
+        if kind == "sincos_1d":
+            table = sinusoidal_positional_encoding(h * w, e, dtype=dt)
+        elif kind == "sincos_2d":
+            table = posemb_sincos_2d(h, w, e, dtype=dt)  # computed in float32, as vit-pytorch does
+        elif kind == "sincos_2d_timm":
+            table = sincos_2d_timm(h, w, e, dtype=dt)
+        else:
+            return None
+        return table.to(dev)
+
+    @property
+    def _core_tokens(self) -> bool:
+        """The spec's token layout: at most a CLS token, a learned table over every row."""
+        prof = self.profile
+        return self._prefix == (self.variant == "cls") and prof.pos_embed == "learned" and prof.pos_prefix == "all"
+
+    # -- pieces shared by forward, run_stage and backward ------------------------------
+    def _patch_bias(self) -> Tensor:
+        """The patch bias; zeros under ``patch_bias=False`` (adding 0.0 is exact; its gradient is dropped)."""
+        b = self._params.get("patch_bias")
+        return b if b is not None else self._params["patch_kernel"].new_zeros(self.cfg.embed_dim)
+
+    def _head_bias(self) -> Tensor:
+        """The head bias; zeros under ``head_bias=False`` (adding 0.0 is exact; its gradient is dropped)."""
+        b = self._params.get("head_b")
+        return b if b is not None else self._params["head_W"].new_zeros(self.cfg.num_classes)
+
+    def _embed(self, pt: Tensor) -> Tensor:
+        """Patch tokens -> the sequence: prefix rows (CLS, distillation, registers) and positions."""
+        p = self._params
+        if self._core_tokens:  # the spec's path, unchanged
+            tok = cls_prepend(pt, p["cls_token"]) if self.variant == "cls" else pt
+            return pos_add(tok, p["pos"])
+        pos = p.get("pos")
+        if self._prefix:
+            rows = prefix_rows(p.get("cls_token"), p.get("dist_token"), p.get("reg_tokens"))
+            return prefix_embed(pt, rows, pos, self._pos_prefix)
+        if pos is not None:
+            return pos_add(pt, pos)
+        return pt if self._pos_table is None else fixed_pos_add(pt, self._pos_table)
+
+    def _embed_backward(self, d_tok: Tensor, top: dict[str, Any]) -> Tensor:
+        """Inverse of :meth:`_embed`: fills ``d_pos``, ``d_cls_token``, ... into ``top``; returns ``d_patch_tokens``."""
+        if self._core_tokens:
+            top["d_pos"], d_tok = pos_add_backward(d_tok)
+            if self.variant == "cls":
+                d_tok, top["d_cls_token"] = cls_prepend_backward(d_tok)
+            return d_tok
+        has_pos = "pos" in self._params
+        if self._prefix:
+            d_pt, d_rows, d_pos = prefix_embed_backward(d_tok, self._prefix, self._pos_prefix, has_pos)
+            d_cls, d_dist, d_reg = prefix_rows_backward(
+                d_rows, has_cls=self.variant == "cls", has_dist=self.profile.dist_token,
+                registers=self.profile.reg_tokens,
+            )  # fmt: skip
+            named = {"d_pos": d_pos, "d_cls_token": d_cls, "d_dist_token": d_dist, "d_reg_tokens": d_reg}
+            top.update({k: v for k, v in named.items() if v is not None})
+            return d_pt
+        if has_pos:
+            top["d_pos"], d_tok = pos_add_backward(d_tok)
+            return d_tok
+        return d_tok if self._pos_table is None else fixed_pos_add_backward(d_tok)
+
+    def _pool_forward(self, tok: Tensor) -> Tensor:
+        kind, idx = self._pool
+        if kind == "cls_mean_concat":
+            return cls_mean_concat(tok, idx)
+        return mean_pool(tok, idx) if kind == "mean" else token_select(tok, idx)
+
+    def _pool_backward(self, d_pooled: Tensor) -> Tensor:
+        kind, idx = self._pool
+        if kind == "cls_mean_concat":
+            return cls_mean_concat_backward(d_pooled, self.tokens, idx)
+        pool_backward = mean_pool_backward if kind == "mean" else token_select_backward
+        return pool_backward(d_pooled, self.tokens, idx)
+
+    def _head_norm(self, head_in: Tensor) -> Tensor:
+        p, prof = self._params, self.profile
+        if not prof.head_norm:
+            return head_in
+        return norm(head_in, p["head_norm_gamma"], p.get("head_norm_beta"), prof.norm, self._opts.eps)
+
+    def _head_forward(self, inp: Tensor) -> Tensor:
+        """The ``head`` stage on its input (the pooled vector; the token sequence for a distilled head)."""
+        p = self._params
+        if self.profile.head == "distilled":
+            return distilled_head(inp, p["head_W"], p["head_b"], p["head_dist_W"], p["head_dist_b"])
+        return self._linear_head(self._head_norm(inp))
+
+    def _linear_head(self, lin_in: Tensor) -> Tensor:
+        """The head Linear; its input is ``pooled`` wide (``2*embed_dim`` for ``cls_mean_concat``, where the
+        primitive's ``embed_dim`` annotation is the pooled width, so the bound dims cannot check it)."""
+        with bind_dims(self.dims if self.dims["pooled"] == self.cfg.embed_dim else None):
+            return head(lin_in, self._params["head_W"], self._head_bias())
 
     # -- stages -----------------------------------------------------------------------
     def stage_names(self, *, sub_ops: bool = False, output: bool = False) -> list[str]:
@@ -307,6 +434,9 @@ class ViTBase:
             final_norm=self.profile.final_norm,
             sub_ops=sub_ops,
             norm_placement=self.profile.norm_placement,
+            pre_norm=self.profile.pre_norm,
+            layer_scale=self.profile.layer_scale,
+            pooled=self.profile.head != "distilled",
         )
         return names if output else names[:-1]
 
@@ -330,7 +460,7 @@ class ViTBase:
             return block_in
         prefix = block + "."
         own = {n.removeprefix(prefix): t for n, t in outputs.items() if n.startswith(prefix)}
-        return sub_op_input(sub, block_in, own, self.profile.norm_placement)
+        return sub_op_input(sub, block_in, own, self.profile.norm_placement, self.profile.layer_scale)
 
     def run_stage(self, name: str, inp: Tensor) -> Tensor:
         """Stage ``name`` alone on a batched input ``inp`` (what :meth:`stage_input` returns).
@@ -346,11 +476,12 @@ class ViTBase:
                         inp, p["patch_norm_in_gamma"], p["patch_norm_in_beta"], p["patch_kernel"], p["patch_bias"],
                         p["patch_norm_out_gamma"], p["patch_norm_out_beta"], eps,
                     )  # fmt: skip
-                grid = conv2d(inp, p["patch_kernel"], p["patch_bias"], self.cfg.stride, self.cfg.padding)
+                grid = conv2d(inp, p["patch_kernel"], self._patch_bias(), self.cfg.stride, self.cfg.padding)
                 return grid_to_tokens(grid)
             if name == "pos_embed":
-                tok = cls_prepend(inp, p["cls_token"]) if self.variant == "cls" else inp
-                return pos_add(tok, p["pos"])
+                return self._embed(inp)
+            if name == "pre_norm":
+                return norm(inp, p["pre_norm_gamma"], p.get("pre_norm_beta"), prof.norm, eps)
             if name.startswith("blocks."):
                 parts = name.split(".")
                 layer = self._layer(int(parts[1]))
@@ -358,13 +489,11 @@ class ViTBase:
                     return layer_forward(inp, layer, self._opts)[0]
                 return sub_op_forward(parts[2], inp, layer, self._opts)
             if name == "final_norm":
-                return layer_norm(inp, p["final_norm_gamma"], p["final_norm_beta"], eps)
+                return norm(inp, p["final_norm_gamma"], p.get("final_norm_beta"), prof.norm, eps)
             if name == "pool":
-                kind, idx = self._pool
-                return mean_pool(inp, idx) if kind == "mean" else token_select(inp, idx)
+                return self._pool_forward(inp)
             if name == "head":
-                lin_in = layer_norm(inp, p["head_norm_gamma"], p["head_norm_beta"], eps) if prof.head_norm else inp
-                return head(lin_in, p["head_W"], p["head_b"])
+                return self._head_forward(inp)
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(self.stage_names(sub_ops=True))}")
 
     # -- input checks -------------------------------------------------------------------
@@ -469,39 +598,50 @@ class ViTBase:
                     p["patch_norm_out_gamma"], p["patch_norm_out_beta"], eps,
                 )  # fmt: skip
             else:
-                grid = conv2d(xb, p["patch_kernel"], p["patch_bias"], self.cfg.stride, self.cfg.padding)
+                grid = conv2d(xb, p["patch_kernel"], self._patch_bias(), self.cfg.stride, self.cfg.padding)
                 pt = grid_to_tokens(grid)
             if cap is not None:
                 cap["patch_embed"] = pt
-            tok = cls_prepend(pt, p["cls_token"]) if self.variant == "cls" else pt
-            tok = pos_add(tok, p["pos"])
+            tok = self._embed(pt)
             if cap is not None:
                 cap["pos_embed"] = tok
+            if prof.pre_norm:
+                if tape is not None:
+                    tape.pre_norm_in = tok
+                tok = norm(tok, p["pre_norm_gamma"], p.get("pre_norm_beta"), prof.norm, eps)
+                if cap is not None:
+                    cap["pre_norm"] = tok
             for i in range(self.cfg.num_layers):
                 keep = mode == "cache"
                 if tape is not None:
                     tape.layer_inputs.append(tok)
-                tok, lc = layer_forward(tok, self._layer(i), self._opts, keep=keep, capture=cap, prefix=f"blocks.{i}.")
+                # A recompute tape's layer inputs must be what the backward's replay of each layer computes.
+                tok, lc = layer_forward(
+                    tok, self._layer(i), self._opts, keep=keep, capture=cap, prefix=f"blocks.{i}.", fast=tape is None
+                )
                 if keep:
                     tape.layer_caches.append(lc)  # type: ignore[union-attr]
                 if cap is not None:
                     cap[f"blocks.{i}"] = tok
             encoded = tok
             if prof.final_norm == "before_pool":
-                tok = layer_norm(tok, p["final_norm_gamma"], p["final_norm_beta"], eps)
+                tok = norm(tok, p["final_norm_gamma"], p.get("final_norm_beta"), prof.norm, eps)
                 if cap is not None:
                     cap["final_norm"] = tok
-            kind, idx = self._pool
-            pooled = mean_pool(tok, idx) if kind == "mean" else token_select(tok, idx)
-            if cap is not None:
-                cap["pool"] = pooled
-            head_in = pooled
-            if prof.final_norm == "after_pool":
-                head_in = layer_norm(pooled, p["final_norm_gamma"], p["final_norm_beta"], eps)
+            if prof.head == "distilled":  # DeiT: two heads read rows 0 and 1; there is no pooled vector
+                pooled = head_in = lin_in = tok
+                logits = distilled_head(tok, p["head_W"], p["head_b"], p["head_dist_W"], p["head_dist_b"])
+            else:
+                pooled = self._pool_forward(tok)
                 if cap is not None:
-                    cap["final_norm"] = head_in
-            lin_in = layer_norm(head_in, p["head_norm_gamma"], p["head_norm_beta"], eps) if prof.head_norm else head_in
-            logits = head(lin_in, p["head_W"], p["head_b"])
+                    cap["pool"] = pooled
+                head_in = pooled
+                if prof.final_norm == "after_pool":
+                    head_in = norm(pooled, p["final_norm_gamma"], p.get("final_norm_beta"), prof.norm, eps)
+                    if cap is not None:
+                        cap["final_norm"] = head_in
+                lin_in = self._head_norm(head_in)
+                logits = self._linear_head(lin_in)
             if cap is not None:
                 cap["head"] = logits
         if capture is not None and cap is not None:
@@ -568,36 +708,21 @@ class ViTBase:
         assert tape.encoded is not None
         top: dict[str, Any] = {}
         with bind_dims(self.dims):
-            # Head (a head norm is part of the head).
-            if grad_output is not None:
+            if prof.head == "distilled":  # DeiT: the two heads read rows 0 and 1 of the sequence
+                if grad_output is None:
+                    raise ConfigError(f"{fn}: a distilled head has no pooled vector; give grad_output")
                 g = self._check_cotangent(fn, "grad_output", grad_output, tape, "classes")
-                d_lin_in, top["d_head_W"], top["d_head_b"] = head_backward(tape.head_lin_in, p["head_W"], g)
-                if prof.head_norm:
-                    d_head_in, top["d_head_norm_gamma"], top["d_head_norm_beta"] = layer_norm_backward(
-                        tape.head_in, p["head_norm_gamma"], d_lin_in, eps
-                    )
-                else:
-                    d_head_in = d_lin_in
+                d_tok, top["d_head_W"], top["d_head_b"], top["d_head_dist_W"], top["d_head_dist_b"] = (
+                    distilled_head_backward(tape.head_lin_in, p["head_W"], p["head_dist_W"], g)
+                )
             else:
-                d_head_in = self._check_cotangent(fn, "grad_pooled", grad_pooled, tape, "embed_dim")
-                top["d_head_W"], top["d_head_b"] = torch.zeros_like(p["head_W"]), torch.zeros_like(p["head_b"])
-                if prof.head_norm:
-                    top["d_head_norm_gamma"] = torch.zeros_like(p["head_norm_gamma"])
-                    top["d_head_norm_beta"] = torch.zeros_like(p["head_norm_beta"])
-            # Final norm after the pool, then the pool.
-            d_pooled = d_head_in
-            if prof.final_norm == "after_pool":
-                d_pooled, top["d_final_norm_gamma"], top["d_final_norm_beta"] = layer_norm_backward(
-                    tape.pooled, p["final_norm_gamma"], d_head_in, eps
-                )
-            kind, idx = self._pool
-            t = self.tokens
-            pool_backward = mean_pool_backward if kind == "mean" else token_select_backward
-            d_tok = pool_backward(d_pooled, t, idx)
+                d_tok = self._head_pool_backward(fn, tape, grad_output, grad_pooled, top)
             if prof.final_norm == "before_pool":
-                d_tok, top["d_final_norm_gamma"], top["d_final_norm_beta"] = layer_norm_backward(
-                    tape.encoded, p["final_norm_gamma"], d_tok, eps
+                d_tok, top["d_final_norm_gamma"], d_beta = norm_backward(
+                    tape.encoded, p["final_norm_gamma"], d_tok, prof.norm, eps
                 )
+                if d_beta is not None:
+                    top["d_final_norm_beta"] = d_beta
             # Encoder layers in reverse; a layer without a cache (recompute mode) recomputes its forward.
             d_encoder: list[EncoderLayerGrads] = [None] * cfg.num_layers  # type: ignore[list-item]
             for i in reversed(range(cfg.num_layers)):
@@ -608,11 +733,16 @@ class ViTBase:
                 if cache is not None:
                     tape.layer_caches[i] = None  # release this layer's activations now
                 del cache
-            # Positions, CLS token, token layout, patch embedding.
+            # Pre-norm, positions, prefix tokens, token layout, patch embedding.
             grad_x: Tensor | None
-            top["d_pos"], d_tok = pos_add_backward(d_tok)
-            if self.variant == "cls":
-                d_tok, top["d_cls_token"] = cls_prepend_backward(d_tok)
+            if prof.pre_norm:
+                assert tape.pre_norm_in is not None
+                d_tok, top["d_pre_norm_gamma"], d_beta = norm_backward(
+                    tape.pre_norm_in, p["pre_norm_gamma"], d_tok, prof.norm, eps
+                )
+                if d_beta is not None:
+                    top["d_pre_norm_beta"] = d_beta
+            d_tok = self._embed_backward(d_tok, top)
             if prof.patch_embed == "linear_ln":
                 (
                     top["d_patch_norm_in_gamma"],
@@ -631,10 +761,44 @@ class ViTBase:
                 top["d_patch_kernel"], top["d_patch_bias"], grad_x = conv2d_backward(
                     tape.x, p["patch_kernel"], d_grid, cfg.stride, cfg.padding, need_grad_x
                 )
+                if not prof.patch_bias:
+                    del top["d_patch_bias"]  # the model has no patch bias (the forward added zeros)
         grads = self.grads_type(d_encoder=d_encoder, **top)
         if not need_grad_x or grad_x is None:
             return grads, None
         return grads, (grad_x[0] if tape.single else grad_x)
+
+    def _head_pool_backward(
+        self, fn: str, tape: ForwardCache, grad_output: Tensor | None, grad_pooled: Tensor | None, top: dict[str, Any]
+    ) -> Tensor:
+        """Head (with its norm), an after-pool final norm and the pool, backward: ``d_tokens``; fills ``top``."""
+        p, prof, eps = self._params, self.profile, self._opts.eps
+        assert tape.head_lin_in is not None and tape.head_in is not None and tape.pooled is not None
+        head_norm_keys = ("d_head_norm_gamma", "d_head_norm_beta")
+        if grad_output is not None:
+            g = self._check_cotangent(fn, "grad_output", grad_output, tape, "classes")
+            with bind_dims(self.dims if self.dims["pooled"] == self.cfg.embed_dim else None):
+                d_lin_in, top["d_head_W"], d_head_b = head_backward(tape.head_lin_in, p["head_W"], g)
+            if prof.head_bias:
+                top["d_head_b"] = d_head_b
+            d_head_in = d_lin_in
+            if prof.head_norm:
+                d_head_in, dg, db = norm_backward(tape.head_in, p["head_norm_gamma"], d_lin_in, prof.norm, eps)
+                top.update({k: v for k, v in zip(head_norm_keys, (dg, db), strict=True) if v is not None})
+        else:
+            width = "embed_dim" if self.dims["pooled"] == self.cfg.embed_dim else "pooled"  # cls_mean_concat: 2E
+            d_head_in = self._check_cotangent(fn, "grad_pooled", grad_pooled, tape, width)
+            zeros = {"d_head_W": "head_W", "d_head_b": "head_b", **dict(zip(head_norm_keys, ("head_norm_gamma",
+                     "head_norm_beta"), strict=True))}  # fmt: skip
+            top.update({k: torch.zeros_like(p[key]) for k, key in zeros.items() if key in p})
+        d_pooled = d_head_in
+        if prof.final_norm == "after_pool":
+            d_pooled, top["d_final_norm_gamma"], db = norm_backward(
+                tape.pooled, p["final_norm_gamma"], d_head_in, prof.norm, eps
+            )
+            if db is not None:
+                top["d_final_norm_beta"] = db
+        return self._pool_backward(d_pooled)
 
     def __repr__(self) -> str:
         return (
@@ -672,11 +836,11 @@ def _init_scale(key: str, shape: tuple[int, ...]) -> float:
     name = key.rsplit(".", 1)[-1]
     if name.endswith("gamma"):
         return 0.1
-    if name.endswith("beta") or name in ("pos", "cls_token") or len(shape) == 1:
-        return 0.02  # betas, biases, positions, CLS token
+    if name.endswith("beta") or name in ("pos", "cls_token", "dist_token", "reg_tokens") or len(shape) == 1:
+        return 0.02  # betas, biases, positions, prefix tokens
     if name == "patch_kernel":
         fan_in = math.prod(shape[1:])
-    elif name == "head_W":
+    elif name in ("head_W", "head_dist_W"):
         fan_in = shape[1]  # (out, in) layout
     else:
         fan_in = shape[0]  # spec matrices are (in, out)

@@ -2,11 +2,16 @@
 
 Each backward has a reference formula (``*_backward_reference``) and, by default, runs
 ATen's fused derivative kernel for the same formula (see :mod:`._kernels`).
+
+:data:`IN_PLACE` holds in-place forms of the forwards (the same ATen kernels, writing into
+their input) for a forward that keeps nothing: the FFN's pre-activation is a fresh
+temporary there, so overwriting it saves a tensor of ``tokens × hidden_dim`` per layer.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -96,3 +101,25 @@ def gelu_tanh_backward_reference(
     t = torch.tanh(u)
     du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
     return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+
+
+@checked
+def relu_(x: Float[Tensor, "*batch features"]) -> Float[Tensor, "*batch features"]:
+    """:func:`relu`, overwriting ``x`` (which must not be needed afterwards)."""
+    return torch.relu_(x)
+
+
+@checked
+def gelu_erf_(x: Float[Tensor, "*batch features"]) -> Float[Tensor, "*batch features"]:
+    """:func:`gelu_erf`, overwriting ``x`` (ATen's ``gelu_``: the kernel of ``F.gelu``)."""
+    return torch.ops.aten.gelu_(x)
+
+
+@checked
+def gelu_tanh_(x: Float[Tensor, "*batch features"]) -> Float[Tensor, "*batch features"]:
+    """:func:`gelu_tanh`, overwriting ``x``."""
+    return torch.ops.aten.gelu_(x, approximate="tanh")
+
+
+#: Activation name -> its in-place forward (names as :data:`vitspec.schema.ACTIVATIONS`).
+IN_PLACE: dict[str, Callable[[Tensor], Tensor]] = {"relu": relu_, "gelu_erf": gelu_erf_, "gelu_tanh": gelu_tanh_}
