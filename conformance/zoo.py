@@ -277,6 +277,20 @@ ZOO: tuple[Entry, ...] = (
         ("dist_token", "distilled_head"),
     ),
     E(
+        "timm-map-pool-perturbed",
+        "timm",
+        partial(_timm_vit, global_pool="map", class_token=False),
+        Perturbation("attn_pool", "pool"),
+        ("map_pool",),
+    ),
+    E(
+        "timm-map-pool-mlp-perturbed",
+        "timm",
+        partial(_timm_vit, global_pool="map", reg_tokens=2),
+        Perturbation("attn_pool.mlp", "pool"),
+        ("map_pool", "reg_tokens"),
+    ),
+    E(
         "timm-dynamic-size-patch-perturbed",
         "timm",
         partial(_timm_vit, dynamic_img_size=True),
@@ -454,7 +468,7 @@ ZOO: tuple[Entry, ...] = (
         "hf-clip-vision",
         "hf",
         partial(_hf, "CLIPVisionModel", "CLIPVisionConfig"),
-        _hf_mlp("vision_model.encoder"),
+        _hf_mlp("encoder"),
         ("pre_norm", "patch_bias", "quick_gelu"),
     ),
     E(
@@ -468,7 +482,63 @@ ZOO: tuple[Entry, ...] = (
         "hf-siglip-vision",
         "hf",
         partial(_hf, "SiglipVisionModel", "SiglipVisionConfig"),
-        _hf_mlp("vision_model.encoder"),
+        _hf_mlp("encoder"),
+        ("map_pool",),
+    ),
+    # HF: perturbations at the sites the variation points add
+    E(
+        "hf-dinov2-ls1-perturbed",
+        "hf",
+        partial(_hf, "Dinov2ForImageClassification", "Dinov2Config", mlp_ratio=2),
+        block(1, "ls1", "dinov2.encoder.layer.1.layer_scale1"),
+        ("layer_scale", "cls_mean_concat"),
+    ),
+    E(
+        "hf-dinov2-swiglu-gate-perturbed",
+        "hf",
+        partial(_hf, "Dinov2ForImageClassification", "Dinov2Config", mlp_ratio=2, use_swiglu_ffn=True),
+        block(1, "mlp", "dinov2.encoder.layer.1.mlp.gate_proj"),
+        ("layer_scale", "glu", "cls_mean_concat"),
+    ),
+    E(
+        "hf-dinov2-registers-pos-perturbed",
+        "hf",
+        partial(
+            _hf,
+            "Dinov2WithRegistersForImageClassification",
+            "Dinov2WithRegistersConfig",
+            mlp_ratio=2,
+            num_register_tokens=4,
+        ),
+        Perturbation("dinov2_with_registers.embeddings", "pos_embed"),
+        ("layer_scale", "reg_tokens", "cls_mean_concat"),
+    ),
+    E(
+        "hf-deit-teacher-dist-head-perturbed",
+        "hf",
+        partial(_hf, "DeiTForImageClassificationWithTeacher", "DeiTConfig"),
+        Perturbation("distillation_classifier", "head"),
+        ("dist_token", "distilled_head"),
+    ),
+    E(
+        "hf-clip-pre-norm-perturbed",
+        "hf",
+        partial(_hf, "CLIPVisionModel", "CLIPVisionConfig"),
+        Perturbation("pre_layrnorm", "pre_norm"),
+        ("pre_norm", "patch_bias", "quick_gelu"),
+    ),
+    E(
+        "hf-clip-post-norm-perturbed",
+        "hf",
+        partial(_hf, "CLIPVisionModel", "CLIPVisionConfig"),
+        Perturbation("post_layernorm", "final_norm"),
+        ("pre_norm", "patch_bias", "quick_gelu"),
+    ),
+    E(
+        "hf-siglip-head-perturbed",
+        "hf",
+        partial(_hf, "SiglipVisionModel", "SiglipVisionConfig"),
+        Perturbation("head", "pool"),
         ("map_pool",),
     ),
     # vit-pytorch
@@ -493,6 +563,14 @@ ZOO: tuple[Entry, ...] = (
         _VP_MLP,
         ("sincos_2d",),
     ),
+    E(
+        "vit_pytorch-simple-attn-perturbed",
+        "vit_pytorch",
+        partial(_vp, "SimpleViT", dim_head=16),
+        _VP_ATTN,
+        ("sincos_2d",),
+    ),
+    E("vit_pytorch-dim-head-64-attn-perturbed", "vit_pytorch", partial(_vp, dim_head=64), _VP_ATTN, ("attn_dim",)),
 )
 
 

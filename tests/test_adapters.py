@@ -375,7 +375,8 @@ def _hf_mim() -> nn.Module:
 
 
 UNSUPPORTED: dict[str, tuple[Callable[[], nn.Module], str]] = {
-    "timm_map_pool": (lambda: _timm(global_pool="map"), "attention pooling"),
+    # MAP pooling is a variation point now; MAP over the prefix tokens too is not expressed
+    "timm_map_pool_prefix": (lambda: _timm(global_pool="map", pool_include_prefix=True), "pool_include_prefix"),
     "timm_no_pool": (lambda: _timm(global_pool=""), "global_pool=''"),
     "timm_max_pool": (lambda: _timm(global_pool="max", class_token=False), "global_pool='max'"),
     "timm_patch_norm": (lambda: _timm(embed_norm_layer="layernorm"), "patch_embed.norm"),
@@ -391,7 +392,6 @@ UNSUPPORTED: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "tv_conv_stem": (_tv_conv_stem, "conv stem"),
     "hf_mish": (lambda: _hf(hidden_act="mish"), "which matches no spec candidate"),
     "hf_masked_image_modeling": (_hf_mim, "ViTForMaskedImageModeling"),
-    "vp_dim_head": (lambda: _vp(dim_head=16), "dim_head * heads"),
     "vp_no_out_proj": (lambda: _vp(heads=1, dim_head=32), "no output projection"),
     "vp_no_head": (lambda: _vp(num_classes=0), "mlp_head"),
 }

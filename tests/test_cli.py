@@ -108,10 +108,11 @@ def test_usage_errors_exit_2_without_traceback(
 
 
 def test_unsupported_exits_3_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    target = f"{TINY.split('?')[0]}?img_size=32&patch_size=8&depth=1&embed_dim=32&num_heads=4&reg_tokens=2"
+    # global_pool='' (the head sees every token) has no spec pooling (register tokens are a variation point now)
+    target = f"{TINY.split('?')[0]}?img_size=32&patch_size=8&depth=1&embed_dim=32&num_heads=4&global_pool=''"
     code, out, err = _run(capsys, [target])
     assert code == 3, err
-    assert err.startswith("UNSUPPORTED:") and "register tokens" in err and err.count("\n") == 1 and out == ""
+    assert err.startswith("UNSUPPORTED:") and "global_pool=''" in err and err.count("\n") == 1 and out == ""
 
 
 def test_plot_to_a_directory_is_a_usage_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -239,9 +239,9 @@ def test_cuda_missing_is_a_config_error() -> None:
 
 # -- non-PASS statuses -----------------------------------------------------------------------
 def test_unsupported_feature() -> None:
-    r = check(tiny(global_pool="map"))
+    r = check(tiny(global_pool="max", class_token=False))  # max pooling (MAP pooling is a variation point now)
     assert r.status is Status.UNSUPPORTED and r.exit_code == 3
-    assert "attention pooling" in r.reason and r.stages == []
+    assert "global_pool='max'" in r.reason and r.stages == []
 
 
 def test_no_adapter_is_unsupported() -> None:

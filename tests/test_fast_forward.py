@@ -19,9 +19,10 @@ from torch import Tensor
 import vitspec.models.encoder as encoder_module
 from vitspec import PROFILES, ViTConfig, shape_checks
 from vitspec.models import ViTClsSpec, ViTSpec, encoder_layer
-from vitspec.primitives import gelu_erf, gelu_tanh, relu
+from vitspec.primitives import gelu_erf, gelu_tanh, linear, relu
 from vitspec.primitives.activations import IN_PLACE
 from vitspec.primitives.attention import mha, mha_inference, mha_reference
+from vitspec.primitives.linear import linear_inference
 
 F64 = torch.float64
 TINY = ViTConfig(2, 2, 2, 0, 8, 12, 2, 2, 3)  # embed 8, hidden 12, 2 heads of 4, 2 layers
@@ -111,6 +112,33 @@ def test_mha_inference_rejects_bad_input() -> None:
         mha_inference(x, *ws, heads=2, head_split="sideways")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="all given or all None"):
         mha_inference(x, ws[0], ws[1], ws[2], ws[3], bs[0], None, None, heads=2)
+
+
+@pytest.mark.parametrize("head_split", ["reshape_swap", "direct_reshape"])
+@pytest.mark.parametrize("biases", [False, True])
+def test_mha_inference_adds_the_residual(head_split: str, biases: bool) -> None:
+    x, r = rand(2, 5, 12, seed=13), rand(2, 5, 12, seed=14)
+    r_before = r.clone()
+    ws, bs = attention_args(12, 12, biases=biases, seed=70)
+    want = mha(x, *ws, *bs, heads=3, head_split=head_split)[0] + r  # type: ignore[arg-type]
+    close(mha_inference(x, *ws, *bs, heads=3, head_split=head_split, residual=r), want)  # type: ignore[arg-type]
+    assert torch.equal(r, r_before)  # the sum is accumulated into a fresh tensor
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "unbatched"])
+def test_linear_inference_equals_linear_plus_residual(bias: bool, layout: str) -> None:
+    x, w, b = rand(2, 5, 6, seed=15), rand(6, 4, seed=16), (rand(4, seed=17) if bias else None)
+    r = rand(2, 5, 4, seed=18)
+    if layout == "strided":
+        x, r = rand(5, 2, 6, seed=15).transpose(0, 1), rand(4, 2, 5, seed=18).permute(1, 2, 0)
+    elif layout == "unbatched":
+        x, r = x[0], r[0]
+    r_before = r.clone()
+    close(linear_inference(x, w, b), linear(x, w, b))
+    got = linear_inference(x, w, b, residual=r)
+    close(got, r + linear(x, w, b))
+    assert torch.equal(r, r_before)
 
 
 @pytest.mark.parametrize("name", ["relu", "gelu_erf", "gelu_tanh"])

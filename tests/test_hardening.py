@@ -28,6 +28,13 @@ from vitspec._fs import UnwritableError, atomic_write_text, check_writable, writ
 from vitspec.io import MAX_LISTED
 from vitspec.models import load
 
+pytest_plugins = ["pytester"]  # the plugin tests run pytest in-process
+
+try:  # imported before any pytester snapshot of sys.modules: a re-import re-registers torch operators
+    import timm  # noqa: F401
+except ImportError:
+    pass
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 TINY = "timm:vit_tiny_patch16_224?img_size=32&patch_size=8&depth=2&embed_dim=32&num_heads=4&mlp_ratio=2&num_classes=5"

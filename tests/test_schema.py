@@ -238,9 +238,9 @@ def test_literals_are_the_profile_vocabulary() -> None:
     assert set(schema.VARIANTS) == {"mean", "cls"}
     assert set(schema.NORM_PLACEMENTS) == {"post", "pre"}
     assert set(schema.FINAL_NORMS) == {"none", "before_pool", "after_pool"}
-    # quick_gelu / silu / sigmoid and cls_mean_concat are variation points (vitspec.primitives.variations)
+    # quick_gelu / silu / sigmoid, cls_mean_concat and map are variation points (vitspec.primitives.variations)
     assert set(schema.ACTIVATIONS) == {"relu", "gelu_erf", "gelu_tanh", "quick_gelu", "silu", "sigmoid"}
-    assert set(schema.POOLINGS) == {"mean", "token", "mean_all", "cls_mean_concat"}
+    assert set(schema.POOLINGS) == {"mean", "token", "mean_all", "cls_mean_concat", "map"}
     assert set(schema.PATCH_EMBEDS) == {"conv", "linear_ln"}
     for field, bad in (("activation", "swish"), ("final_norm", "after_head"), ("patch_embed", "linear")):
         with pytest.raises(ConfigError, match=field):

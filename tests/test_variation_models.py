@@ -54,6 +54,8 @@ CASES: dict[str, tuple[str, Profile]] = {
     "no_bias_post": ("mean", PROFILES["torchlean"].replace(ffn_bias=False)),
     "swiglu": ("cls", TIMM.replace(ffn="glu", activation="silu")),
     "glu_sigmoid_nobias": ("cls", TIMM.replace(ffn="glu", activation="sigmoid", ffn_bias=False)),
+    "map": ("mean", TIMM.replace(pooling="map")),  # SigLIP: no class token, MAP head
+    "map_prefix_avg": ("cls", TIMM.replace(pooling="map", reg_tokens=1, map_latents=3, map_pool="avg")),
     "all": ("cls", TIMM.replace(
         head_dim=6, layer_scale=True, reg_tokens=2, pos_prefix="none", pre_norm=True, patch_bias=False,
         qk_norm=True, ffn="glu", activation="silu", ffn_bias=False, out_bias=False, norm="rms",
@@ -105,7 +107,7 @@ def test_explicit_backward_equals_autograd(name: str, batch: int | None, mode: s
     assert_matches(m, grads.to_dict(), gx, autograd_reference(m, x, go))
 
 
-@pytest.mark.parametrize("name", ["layer_scale", "cls_mean_concat", "clip", "rms", "all"])
+@pytest.mark.parametrize("name", ["layer_scale", "cls_mean_concat", "clip", "rms", "map", "map_prefix_avg", "all"])
 def test_grad_pooled_is_the_cotangent_of_the_head_input(name: str) -> None:
     m = build(name)
     x, _ = inputs(m, 2)
@@ -184,6 +186,8 @@ def test_shapes_of_the_variation_parameters() -> None:
     assert build("dist_distilled").param_shapes()["head_dist_W"] == (5, 16)
     assert build("dist_distilled").tokens == 6 + 2
     assert "pos" not in build("sincos_2d").param_shapes() and "pos" not in build("pos_none").param_shapes()
+    s = build("map_prefix_avg").param_shapes()
+    assert s["map.latent"] == (3, 16) and s["map.W1"] == (16, 24) and s["map.Wk"] == (16, 16)
 
 
 def test_the_fixed_tables_are_added_row_major() -> None:
@@ -248,10 +252,15 @@ def test_torchlean_keys_shapes_and_stages_are_the_spec() -> None:
         ({"head": "distilled"}, "head: distilled (spec: linear)"),
         ({"activation": "quick_gelu"}, "FFN activation: quick_gelu (spec: relu)"),
         ({"pooling": "cls_mean_concat"}, "pooling: cls_mean_concat (spec: token)"),
+        ({"pooling": "map"}, "pooling: map (spec: token)"),
+        ({"pooling": "map", "map_latents": 2}, "pooling: map (spec: token)"),  # and the next line
+        ({"pooling": "map", "map_pool": "avg"}, "pooling: map (spec: token)"),
     ],
 )
 def test_every_non_default_value_is_one_deviation_line(change: dict[str, object], line: str) -> None:
-    assert deviations(PROFILES["torchlean"].replace(**change), variant="cls") == [line]
+    extra = {"map_latents": ["MAP latents: 2 (spec: 1)"], "map_pool": ["MAP pool: avg (spec: token)"]}
+    more = [x for f in change if f in extra for x in extra[f]]
+    assert deviations(PROFILES["torchlean"].replace(**change), variant="cls") == [line, *more]
 
 
 def test_every_variation_field_has_a_deviation_case() -> None:
@@ -275,6 +284,8 @@ def test_every_variation_field_has_a_deviation_case() -> None:
         ("mean", {"pooling": "cls_mean_concat"}, "pooling"),
         ("cls", {"norm_placement": "pre", "ffn": "glu", "activation": "relu"}, "activation"),
         ("cls", {"patch_embed": "linear_ln", "patch_bias": False}, "patch_embed"),
+        ("cls", {"norm_placement": "pre", "pooling": "map", "norm": "rms"}, "pooling"),
+        ("cls", {"map_latents": 2}, "map_latents"),  # without MAP pooling
     ],
 )
 def test_combinations_no_library_builds_are_refused(variant: str, change: dict[str, object], field: str) -> None:

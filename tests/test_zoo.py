@@ -64,3 +64,65 @@ def test_runner_flags_a_missed_perturbation(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(zoo, "FACTOR", 1.0)
     r = run_entry(Entry("x", "timm", _VANILLA.build, Perturbation("blocks.1.mlp", "blocks.1", "blocks.1.mlp")))
     assert r.verdict == "MISSED (false PASS)" and r.failed, r
+
+
+# -- the variation points through the adapters (issue 11 phase 2): a few representative rows, end to end ---------
+_BY_ID = {e.id: e for e in ZOO}
+
+
+@pytest.mark.parametrize(
+    ("entry", "library"),
+    [
+        ("timm-layer-scale-ls1", "timm"),  # sub-op ls1
+        ("timm-pre-norm-perturbed", "timm"),  # stage pre_norm
+        ("timm-map-pool-mlp-perturbed", "timm"),  # MAP pooling with register tokens
+        ("timm-distilled-head-perturbed", "timm"),  # the second head of a distilled DeiT
+        ("vit_pytorch-simple-non-square", "vit_pytorch"),  # sin-cos table read off the model
+        ("vit_pytorch-dim-head-64-attn-perturbed", "vit_pytorch"),  # heads * dim_head != dim
+        ("hf-dinov2-ls1-perturbed", "transformers"),
+        ("hf-siglip-head-perturbed", "transformers"),
+    ],
+)
+def test_variation_rows_pass_and_their_perturbation_is_caught_in_place(entry: str, library: str) -> None:
+    pytest.importorskip(library)
+    r = run_entry(_BY_ID[entry])
+    assert (r.status, r.verdict) == ("PASS", "caught"), r
+
+
+def test_a_wrong_layer_scale_gain_is_not_a_pass() -> None:
+    """A LayerScale whose gain is applied twice is a different computation: the check must not PASS."""
+    pytest.importorskip("timm")
+    from conformance import check
+    from conformance.report import Status
+
+    model = _BY_ID["timm-layer-scale-ls1"].build().eval()
+    model.blocks[1].ls2.register_forward_hook(lambda mod, _i, out: out * mod.gamma)
+    report = check(model)
+    assert report.status is Status.MISMATCH and report.first_divergence == "blocks.1", report.reason
+
+
+def test_target_adapter_options() -> None:
+    from conformance.targets import TargetError, adapter_options, build_target
+
+    assert adapter_options("vit_pytorch:cls?input_hw=16x64") == {"input_hw": (16, 64)}
+    assert adapter_options("vit_pytorch:cls?image_size=(16,64)") == {"input_hw": (16, 64)}  # implied
+    assert adapter_options("vit_pytorch:cls") == {}
+    with pytest.raises(TargetError, match="vit_pytorch option"):
+        adapter_options("timm:vit_tiny_patch16_224?input_hw=16x64")
+    with pytest.raises(TargetError, match="HxW"):
+        adapter_options("vit_pytorch:cls?input_hw=16x")
+    pytest.importorskip("vit_pytorch")
+    model, _ = build_target("vit_pytorch:cls?image_size=(16,64)&input_hw=16x64&depth=1")  # input_hw is not a kwarg
+    from conformance.adapters import detect
+
+    d = detect(model, **adapter_options("vit_pytorch:cls?image_size=(16,64)")).describe()
+    assert (d.in_h, d.in_w) == (16, 64)
+
+
+def test_a_non_square_vit_pytorch_model_without_its_size_is_refused() -> None:
+    pytest.importorskip("vit_pytorch")
+    from conformance.adapters import Unsupported, detect
+
+    model = _BY_ID["vit_pytorch-non-square"].build()  # 16x32: 2x4 patches, no square fits
+    with pytest.raises(Unsupported, match="cannot infer the image size"):
+        detect(model).describe()

@@ -352,6 +352,12 @@ def _variation_violations(cfg: ViTConfig, variant: Variant, profile: Profile) ->
     rule(p.ffn == "glu" and p.activation not in ("silu", "sigmoid", "gelu_erf", "gelu_tanh"), "activation",
          "a gate activation (silu, sigmoid, gelu_erf, gelu_tanh) with ffn='glu'", f"activation={p.activation!r}",
          "with ffn='glu' the activation is the gate's")  # fmt: skip
+    rule(p.pooling == "map" and (p.norm != "layer" or p.head == "distilled"), "pooling",
+         "pooling='map' with norm='layer' and a linear head", f"norm={p.norm!r}, head={p.head!r}",
+         "MAP pooling's norm is a LayerNorm (timm AttentionPoolLatent, HF SigLIP)")  # fmt: skip
+    rule(p.pooling != "map" and (p.map_latents != 1 or p.map_pool != "token"), "map_latents",
+         "map_latents == 1 and map_pool == 'token' unless pooling == 'map'",
+         f"pooling={p.pooling!r}, map_latents={p.map_latents}, map_pool={p.map_pool!r}")  # fmt: skip
     rule(p.patch_embed == "linear_ln" and (p.norm != "layer" or not p.patch_bias), "patch_embed",
          "norm='layer' and patch_bias with patch_embed='linear_ln'", f"norm={p.norm!r}, patch_bias={p.patch_bias}",
          "vit-pytorch's patch norms are LayerNorms around a biased Linear")  # fmt: skip

@@ -74,6 +74,7 @@ DIM_NAMES: dict[str, str] = {
     "registers": "register tokens (profile reg_tokens)",
     "pos_rows": "rows of the learned position table (patches + the prefix rows it covers)",
     "pooled": "head input width (embed_dim; 2*embed_dim for cls_mean_concat)",
+    "latents": "MAP pooling's latent queries (profile map_latents)",
     "batch": "optional leading batch axes",
 }
 
@@ -185,7 +186,7 @@ class Dims:
         if profile is not None and profile.head_dim is not None:
             hd_formula = f"head_dim = {hd} (profile {profile.name})"
         more: dict[str, str] = {}
-        for name in ("registers", "pos_rows", "pooled"):
+        for name in ("registers", "pos_rows", "pooled", "latents"):
             values[name] = extra[name]
             more[name] = f"{name} = {extra[name]}" + (f" (profile {profile.name})" if profile is not None else "")
         formulas = {

@@ -21,6 +21,7 @@ from .schema import (
     FINAL_NORMS,
     HEAD_KINDS,
     HEAD_SPLITS,
+    MAP_POOLS,
     NORM_KINDS,
     NORM_PLACEMENTS,
     PATCH_EMBEDS,
@@ -32,6 +33,7 @@ from .schema import (
     FinalNorm,
     HeadKind,
     HeadSplit,
+    MapPool,
     NormKind,
     NormPlacement,
     PatchEmbed,
@@ -117,6 +119,8 @@ class Profile:
     ffn_bias: bool = True
     head_bias: bool = True
     head: HeadKind = "linear"
+    map_latents: int = 1  # pooling == "map": the latent queries (timm AttentionPoolLatent latent_len)
+    map_pool: MapPool = "token"  # pooling == "map": latent 0, or the mean over the latents
 
     def replace(self, **changes: object) -> Profile:
         """A copy with some fields changed (validated)."""
@@ -137,6 +141,7 @@ class Profile:
             "norm": NORM_KINDS,
             "ffn": FFN_KINDS,
             "head": HEAD_KINDS,
+            "map_pool": MAP_POOLS,
         }
         bad = [
             f"{k}={getattr(self, k)!r} (valid: {', '.join(map(repr, v))})"
@@ -150,7 +155,7 @@ class Profile:
             for f in _FLAGS
             if not isinstance(getattr(self, f), bool)
         ]
-        for f, lo in (("head_dim", 1), ("reg_tokens", 0)):
+        for f, lo in (("head_dim", 1), ("reg_tokens", 0), ("map_latents", 1)):
             v = getattr(self, f)
             if not (v is None and f == "head_dim") and not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
                 bad.append(f"{f}={v!r} (must be an integer >= {lo}{' or None' if f == 'head_dim' else ''})")
@@ -182,6 +187,8 @@ VARIATION_FIELDS: dict[str, tuple[str, str]] = {
     "head_bias": ("head bias", "HF `CLIPVisionModelWithProjection.visual_projection` (bias-free)"),
     "head": ("head", "timm `VisionTransformerDistilled` (eval), HF `DeiTForImageClassificationWithTeacher` "
              "-> `distilled` (mean of the class and distillation heads)"),
+    "map_latents": ("MAP latents", "timm `AttentionPoolLatent(latent_len=...)` (with `pooling='map'`)"),
+    "map_pool": ("MAP pool", "timm `AttentionPoolLatent(pool_type='avg')` (with `pooling='map'`)"),
 }  # fmt: skip
 
 
@@ -351,7 +358,8 @@ def variations_markdown() -> str:
     extended = (
         ("activation", "FFN activation", "`quick_gelu`: timm `act_layer='quick_gelu'` (`*_clip_quickgelu_*`), HF CLIP "
          "`hidden_act='quick_gelu'`; `silu` / `sigmoid`: GLU gates"),
-        ("pooling", "pooling", "`cls_mean_concat`: HF `Dinov2ForImageClassification` (`[CLS; mean of patches]`)"),
+        ("pooling", "pooling", "`cls_mean_concat`: HF `Dinov2ForImageClassification` (`[CLS; mean of patches]`); "
+         "`map`: timm `global_pool='map'` (`AttentionPoolLatent`), HF SigLIP's `head` (MAP attention pooling)"),
     )  # fmt: skip
     for f, label, options in extended:
         rows.append(f"| `{f}` (extended) | `{getattr(spec, f)!r}` | {label} | {options} |")

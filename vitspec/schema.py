@@ -44,6 +44,7 @@ __all__ = [
     "HEAD_PARAMS",
     "HEAD_SPLITS",
     "LAYER_PARAMS",
+    "MAP_POOLS",
     "NORM_KINDS",
     "NORM_PLACEMENTS",
     "PARAMS",
@@ -62,6 +63,7 @@ __all__ = [
     "FinalNorm",
     "HeadKind",
     "HeadSplit",
+    "MapPool",
     "NormKind",
     "NormPlacement",
     "Param",
@@ -97,7 +99,7 @@ Variant = Literal["mean", "cls"]  # ViTSpec (mean pool) / ViTClsSpec (CLS token)
 NormPlacement = Literal["post", "pre"]  # LN(x + f(x)) (the spec) / x + f(LN(x))
 FinalNorm = Literal["none", "before_pool", "after_pool"]
 Activation = Literal["relu", "gelu_erf", "gelu_tanh", "quick_gelu", "silu", "sigmoid"]  # the last three: variations
-Pooling = Literal["mean", "token", "mean_all", "cls_mean_concat"]  # cls_mean_concat: HF DINOv2 (a variation)
+Pooling = Literal["mean", "token", "mean_all", "cls_mean_concat", "map"]  # the last two: variation points
 PatchEmbed = Literal["conv", "linear_ln"]
 SubOp = Literal["norm1", "attn", "ls1", "norm2", "mlp", "ls2"]
 # -- variation points beyond TorchLean (vitspec.primitives.variations); the first value is TorchLean's --
@@ -106,6 +108,7 @@ PosPrefix = Literal["all", "none", "cls"]  # which prefix rows the learned table
 NormKind = Literal["layer", "rms"]
 FFNKind = Literal["mlp", "glu"]
 HeadKind = Literal["linear", "distilled"]
+MapPool = Literal["token", "avg"]  # MAP pooling: latent 0, or the mean over the latents
 HeadSplit = Literal["reshape_swap", "direct_reshape"]  # Lean splitHeadsSpec: reshape then swap / direct reshape
 PatchOut = Literal["nat_formula", "sliding_window"]  # the patch-grid size formula of a TorchLean revision
 
@@ -122,6 +125,7 @@ POS_PREFIXES: tuple[PosPrefix, ...] = get_args(PosPrefix)
 NORM_KINDS: tuple[NormKind, ...] = get_args(NormKind)
 FFN_KINDS: tuple[FFNKind, ...] = get_args(FFNKind)
 HEAD_KINDS: tuple[HeadKind, ...] = get_args(HeadKind)
+MAP_POOLS: tuple[MapPool, ...] = get_args(MapPool)
 
 #: The key under which the gradient of the input image travels next to the parameter keys.
 GRAD_INPUT_KEY = "grad_x"
@@ -194,6 +198,8 @@ class ProfileLike(Protocol):
     def head(self) -> str: ...
     @property
     def pooling(self) -> str | None: ...
+    @property
+    def map_latents(self) -> int: ...
 
 
 # -- parameters -------------------------------------------------------------------------------------------
@@ -246,6 +252,7 @@ _FINAL_NORM_LN = When(
 _HEAD_NORM_LN = When(f"profile.head_norm and {_LN}", flag=lambda p: p.head_norm and p.norm == "layer")
 _HEAD_BIAS = When("profile.head_bias", flag=lambda p: p.head_bias, spec=True)
 _DISTILLED = When('profile.head == "distilled"', flag=lambda p: p.head == "distilled")
+_MAP = When('profile.pooling == "map"', flag=lambda p: p.pooling == "map")
 
 
 @dataclass(frozen=True)
@@ -324,6 +331,13 @@ LAYER_PARAMS: tuple[Param, ...] = (
 HEAD_PARAMS: tuple[Param, ...] = (
     Param("final_norm_gamma", ("embed_dim",), "final_norm", "d_final_norm_gamma", "", _FINAL_NORM),
     Param("final_norm_beta", ("embed_dim",), "final_norm", "d_final_norm_beta", "", _FINAL_NORM_LN),
+    *(Param(f"map.{k}", shape, "pool", f"d_map_{k}", "", _MAP) for k, shape in (
+        ("latent", ("latents", "embed_dim")), ("Wq", ("embed_dim", "embed_dim")), ("bq", ("embed_dim",)),
+        ("Wk", ("embed_dim", "embed_dim")), ("bk", ("embed_dim",)), ("Wv", ("embed_dim", "embed_dim")),
+        ("bv", ("embed_dim",)), ("Wo", ("embed_dim", "embed_dim")), ("bo", ("embed_dim",)),
+        ("norm_gamma", ("embed_dim",)), ("norm_beta", ("embed_dim",)), ("W1", ("embed_dim", "hidden_dim")),
+        ("b1", ("hidden_dim",)), ("W2", ("hidden_dim", "embed_dim")), ("b2", ("embed_dim",)),
+    )),  # MAP pooling (profile.pooling == "map"): the key names of vitspec.primitives.variations.MAP_KEYS
     Param("head_norm_gamma", ("embed_dim",), "head", "d_head_norm_gamma", "", _HEAD_NORM),
     Param("head_norm_beta", ("embed_dim",), "head", "d_head_norm_beta", "", _HEAD_NORM_LN),
     Param("head_W", ("classes", "pooled"), "head", "d_head_W", "head.weights"),
@@ -380,6 +394,7 @@ def dim_sizes(
         "registers": 0 if profile is None else profile.reg_tokens,
         "pos_rows": patches + pos_prefix_count(variant, profile),
         "pooled": 2 * cfg.embed_dim if concat else cfg.embed_dim,
+        "latents": 1 if profile is None else profile.map_latents,
         "classes": cfg.num_classes,
     }
 

@@ -16,6 +16,7 @@ from torch import nn
 from .base import Adapter, CapturePoint, Description, Rule, RuleAdapter, Unsupported, expected_stages, spec_keys
 from .custom import CustomAdapter
 from .hf import HFAdapter
+from .hf_families import HFFamilyAdapter
 from .timm import TimmAdapter
 from .torchvision import TorchvisionAdapter
 from .vit_pytorch import VitPytorchAdapter
@@ -27,6 +28,7 @@ __all__ = [
     "CustomAdapter",
     "Description",
     "HFAdapter",
+    "HFFamilyAdapter",
     "NoAdapterError",
     "Rule",
     "RuleAdapter",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 #: Registered adapter classes, tried in this order by :func:`detect`.
-ADAPTERS: list[type[Adapter]] = [TimmAdapter, TorchvisionAdapter, HFAdapter, VitPytorchAdapter]
+ADAPTERS: list[type[Adapter]] = [TimmAdapter, TorchvisionAdapter, HFAdapter, HFFamilyAdapter, VitPytorchAdapter]
 
 
 class NoAdapterError(Unsupported):

@@ -228,6 +228,7 @@ class HFAdapter(RuleAdapter):
 
     def _read_layers(self, layers: list[LayerPaths], e: int, r: PerLayer, bad: list[str]) -> dict[str, bool]:
         """Every layer's structure and own numerics into ``r`` / ``bad``; its q/k/v bias flag by layer."""
+
         def get(path: str) -> Any:
             return self.model.get_submodule(path)
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from vitspec.config import ViTConfig
 from vitspec.profiles import PROFILES, FinalNorm, Pooling
-from vitspec.schema import FFNKind, NormKind, head_width, pos_prefix_count
+from vitspec.schema import FFNKind, MapPool, NormKind, head_width, pos_prefix_count
 
 from .base import (
     Description,
@@ -38,6 +38,7 @@ from .base import (
     RuleAdapter,
     Tap,
     Unsupported,
+    activation_kind,
     as_vector,
     check_layer_norm,
     check_linear,
@@ -72,6 +73,7 @@ _DISTILLED = ("timm.models.deit", "VisionTransformerDistilled")
 _LAYER_SCALE = ("timm.layers.layer_scale", "LayerScale")
 _SWIGLU = ("timm.layers.mlp", "SwiGLU")
 _GLU_MLP = ("timm.layers.mlp", "GluMlp")
+_MAP_POOL = ("timm.layers.attention_pool", "AttentionPoolLatent")
 # The forward path a subclass must not redefine for the mapping to hold.
 _FORWARD_METHODS = ("forward", "forward_features", "forward_head", "_pos_embed", "pool")
 
@@ -141,8 +143,9 @@ class TimmAdapter(RuleAdapter):
         norm_kind = self._norm_kind(m)
         # Pooling and final norm.
         gp = m.global_pool
+        map_pool = None
         if getattr(m, "attn_pool", None) is not None:
-            bad.append(f"attention pooling (global_pool={gp!r})")
+            map_pool = self._read_map_pool(m, e, bad)  # MAP pooling (a variation point), or its problems
         elif gp == "":
             bad.append("global_pool='' (no pooling: the head sees every token)")
         elif gp not in ("token", "avg"):
@@ -158,6 +161,8 @@ class TimmAdapter(RuleAdapter):
         # Blocks: structure, and every block's own numerics (nothing inferred from block 0).
         blocks = list(m.blocks)
         per_layer = self._read_blocks(blocks, e, bad)
+        if map_pool is not None:
+            self._read_map_numerics(m.attn_pool, e, per_layer, bad)
         pre_norm = not isinstance(m.norm_pre, nn.Identity)  # timm pre_norm=True (CLIP's ln_pre)
         check_norm = check_rms_norm if norm_kind == "rms" else check_layer_norm
         for what, mod, on in (("norm", m.norm, norm_on), ("fc_norm", m.fc_norm, fc_norm_on), ("norm_pre", m.norm_pre,
@@ -178,6 +183,8 @@ class TimmAdapter(RuleAdapter):
         final_norm: FinalNorm = "before_pool" if norm_on else "after_pool" if fc_norm_on else "none"
         cls_token = m.cls_token is not None
         pooling: Pooling = "token" if gp == "token" else "mean_all" if m.pool_include_prefix and cls_token else "mean"
+        if map_pool is not None:
+            pooling = "map"
         profile = p0.replace(
             final_norm=final_norm,
             ln_eps=eps,
@@ -200,6 +207,8 @@ class TimmAdapter(RuleAdapter):
             ffn=self._ffn,
             ffn_bias=self._ffn_bias,
             head="distilled" if distilled else "linear",
+            map_latents=map_pool[0] if map_pool else 1,
+            map_pool=map_pool[1] if map_pool else "token",
         )
         cfg = ViTConfig(
             patch_h=ph,
@@ -303,6 +312,46 @@ class TimmAdapter(RuleAdapter):
         self._ffn: FFNKind = "glu" if glu else "mlp"
         self._ffn_bias = self._uniform(ffn_bias, "MLP biases", bad)
         return r
+
+    def _read_map_pool(self, m: Any, e: int, bad: list[str]) -> tuple[int, MapPool] | None:
+        """``(latents, pool)`` of timm's ``AttentionPoolLatent`` (``global_pool='map'``), or None with every
+        option the spec's MAP pooling does not express in ``bad``."""
+        ap = m.attn_pool
+        w, n = "attn_pool", len(bad)
+        if not _is(ap, _MAP_POOL):
+            bad.append(f"{w} is {type(ap).__name__} (global_pool={m.global_pool!r}; only AttentionPoolLatent)")
+            return None
+        if getattr(m, "pool_include_prefix", False) and m.num_prefix_tokens:
+            bad.append(f"{w}: pool_include_prefix=True (MAP over the prefix tokens too)")
+        if ap.pos_embed is not None:
+            bad.append(f"{w}: pos_embed='abs' (a position table inside the pool)")
+        if not (isinstance(ap.q_norm, nn.Identity) and isinstance(ap.k_norm, nn.Identity)):
+            bad.append(f"{w}: qk_norm=True")
+        if not isinstance(ap.q, nn.Linear) or ap.latent_dim != e:
+            bad.append(f"{w}: q_proj=False or latent_dim={ap.latent_dim} != embed_dim {e}")
+        if ap.mlp is None or not _is(ap.mlp, _MLP) or not isinstance(ap.proj, nn.Linear):
+            bad.append(f"{w}: out_features=0 or an MLP other than timm Mlp")
+        if ap.pool not in ("token", "avg"):
+            bad.append(f"{w}: pool_type={ap.pool!r} (token or avg)")
+        blocks = list(m.blocks)
+        heads = blocks[0].attn.num_heads if blocks else ap.num_heads
+        if ap.num_heads != heads:
+            bad.append(f"{w}: {ap.num_heads} heads (the blocks have {heads})")
+        for lin in ("q", "kv", "proj"):
+            if getattr(getattr(ap, lin), "bias", None) is None:
+                bad.append(f"{w}.{lin} has no bias (qkv_bias=False in the pool)")
+        return (int(ap.latent_len), ap.pool) if len(bad) == n else None
+
+    def _read_map_numerics(self, ap: Any, e: int, r: PerLayer, bad: list[str]) -> None:
+        """The MAP pool's norm eps and activation join the model's (the profile holds one of each)."""
+        try:
+            r.eps["attn_pool.norm"] = check_layer_norm(ap.norm, "attn_pool.norm", e, self.name)
+            r.act["attn_pool.mlp.act"], note = activation_kind(ap.mlp.act, "attn_pool.mlp.act", self.name)
+            r.notes += [note] if note else []
+        except Unsupported as err:
+            bad.append(err.reason)
+        if ap.mlp.fc1.out_features != r.hidden:
+            bad.append(f"attn_pool.mlp: hidden width {ap.mlp.fc1.out_features} (the blocks have {r.hidden})")
 
     @staticmethod
     def _norm_kind(m: Any) -> NormKind:
@@ -425,6 +474,17 @@ class TimmAdapter(RuleAdapter):
             rules += self._block_rules(i, e, f, a, hd)
         if p.final_norm != "none":
             rules += norm_rules("norm" if p.final_norm == "before_pool" else "fc_norm", "final_norm", e, beta=ln)
+        if p.pooling == "map":  # AttentionPoolLatent: latent, q, fused kv ([k; v] rows), proj, norm, mlp
+            rules += [
+                Rule("attn_pool.latent", ("map.latent",), (1, p.map_latents, e), squeeze_to(p.map_latents, e)),
+                *linear_rules("attn_pool.q", "map.Wq", "map.bq", e, e),
+                Rule("attn_pool.kv.weight", ("map.Wk", "map.Wv"), (2 * e, e), split_rows(2, transposed=True)),
+                Rule("attn_pool.kv.bias", ("map.bk", "map.bv"), (2 * e,), split_rows(2, transposed=False)),
+                *linear_rules("attn_pool.proj", "map.Wo", "map.bo", e, e),
+                *norm_rules("attn_pool.norm", "map.norm", e),
+                *linear_rules("attn_pool.mlp.fc1", "map.W1", "map.b1", f, e),
+                *linear_rules("attn_pool.mlp.fc2", "map.W2", "map.b2", e, f),
+            ]
         if d.has_head:
             rules += [
                 Rule("head.weight", ("head_W",), (c.num_classes, e), copy),

@@ -40,6 +40,7 @@ from ..primitives import (
 )
 from ..primitives.activations import IN_PLACE
 from ..primitives.attention import HeadSplit, mha_inference
+from ..primitives.linear import linear_inference
 from ..primitives.variations import ACTIVATIONS as VARIATION_ACTIVATIONS
 from ..schema import Activation, NormPlacement, sub_op_order
 from .grads import EncoderLayerGrads, FFNGrads, MHAGrads
@@ -256,19 +257,20 @@ def _layer_inference(
     eps: float,
     head_split: HeadSplit,
 ) -> Tensor:
-    """:func:`encoder_layer`'s ``y`` when nothing is kept: the same sums in the same order, with the
-    attention core fused (:func:`~vitspec.primitives.attention.mha_inference`), and the activation
-    and each residual sum written into the freshly made tensor they consume (``act`` may work in
-    place: its input is never needed again)."""
+    """:func:`encoder_layer`'s ``y`` when nothing is kept: the same function, equal up to rounding,
+    with the attention core fused (:func:`~vitspec.primitives.attention.mha_inference`), each
+    residual sum accumulated by the GEMM of the branch it closes
+    (:func:`~vitspec.primitives.linear.linear_inference`), and ``act`` allowed to work in place
+    (its input, the FFN's pre-activation, is never needed again)."""
     if norm_placement == "post":
-        a = mha_inference(x, Wq, Wk, Wv, Wo, bq, bk, bv, bo, heads=heads, head_split=head_split)
-        h = layer_norm(a.add_(x), norm1_gamma, norm1_beta, eps)  # LN1(x + a)
-        f = linear(act(linear(h, W1, b1)), W2, b2)
-        return layer_norm(f.add_(h), norm2_gamma, norm2_beta, eps)  # LN2(h + f)
+        a = mha_inference(x, Wq, Wk, Wv, Wo, bq, bk, bv, bo, heads=heads, head_split=head_split, residual=x)
+        h = layer_norm(a, norm1_gamma, norm1_beta, eps)  # LN1(x + MHA(x))
+        f = linear_inference(act(linear(h, W1, b1)), W2, b2, residual=h)
+        return layer_norm(f, norm2_gamma, norm2_beta, eps)  # LN2(h + FFN(h))
     n1 = layer_norm(x, norm1_gamma, norm1_beta, eps)
-    h = mha_inference(n1, Wq, Wk, Wv, Wo, bq, bk, bv, bo, heads=heads, head_split=head_split).add_(x)  # x + a
-    f = linear(act(linear(layer_norm(h, norm2_gamma, norm2_beta, eps), W1, b1)), W2, b2)
-    return f.add_(h)  # h + f
+    h = mha_inference(n1, Wq, Wk, Wv, Wo, bq, bk, bv, bo, heads=heads, head_split=head_split, residual=x)
+    u = act(linear(layer_norm(h, norm2_gamma, norm2_beta, eps), W1, b1))
+    return linear_inference(u, W2, b2, residual=h)  # h + FFN(LN2(h))
 
 
 @checked

@@ -166,6 +166,22 @@ class ViTGrads:
     d_pre_norm_beta: Tensor | None = None
     d_head_dist_W: Tensor | None = None
     d_head_dist_b: Tensor | None = None
+    # MAP pooling (profile.pooling == "map"): one field per vitspec.primitives.variations.MAP_KEYS name
+    d_map_latent: Tensor | None = None
+    d_map_Wq: Tensor | None = None
+    d_map_bq: Tensor | None = None
+    d_map_Wk: Tensor | None = None
+    d_map_bk: Tensor | None = None
+    d_map_Wv: Tensor | None = None
+    d_map_bv: Tensor | None = None
+    d_map_Wo: Tensor | None = None
+    d_map_bo: Tensor | None = None
+    d_map_norm_gamma: Tensor | None = None
+    d_map_norm_beta: Tensor | None = None
+    d_map_W1: Tensor | None = None
+    d_map_b1: Tensor | None = None
+    d_map_W2: Tensor | None = None
+    d_map_b2: Tensor | None = None
 
     variant: ClassVar[str] = "mean"
 

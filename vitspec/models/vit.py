@@ -50,12 +50,15 @@ from ..primitives import (
     token_select_backward,
 )
 from ..primitives.variations import (
+    MAP_KEYS,
     cls_mean_concat,
     cls_mean_concat_backward,
     distilled_head,
     distilled_head_backward,
     fixed_pos_add,
     fixed_pos_add_backward,
+    map_pool,
+    map_pool_backward,
     posemb_sincos_2d,
     prefix_embed,
     prefix_embed_backward,
@@ -122,6 +125,7 @@ class ForwardCache:
     head_in: Tensor | None = None  # the vector the head is fed (after an after_pool norm)
     head_lin_in: Tensor | None = None  # the head Linear's input (after a head norm)
     pre_norm_in: Tensor | None = None  # the input of a pre-norm (profile.pre_norm), (B, tokens, E)
+    pool_in: Tensor | None = None  # the pool's input (B, tokens, E) (MAP pooling's backward reads it)
 
 
 class ViTBase:
@@ -323,6 +327,8 @@ class ViTBase:
             return ("mean", prefix)  # timm 'avg': patch tokens only
         if pooling == "cls_mean_concat":
             return ("cls_mean_concat", prefix)  # HF DINOv2: [CLS; mean of the patch tokens]
+        if pooling == "map":
+            return ("map", prefix)  # timm drops the prefix tokens before its AttentionPoolLatent
         return ("mean", 0)  # mean_all: CLS included (vit-pytorch)
 
     def _fixed_pos_table(self) -> Tensor | None:
@@ -396,12 +402,30 @@ class ViTBase:
         kind, idx = self._pool
         if kind == "cls_mean_concat":
             return cls_mean_concat(tok, idx)
+        if kind == "map":
+            with bind_dims(self.dims if idx == 0 else None):  # the prefix rows are dropped first
+                return map_pool(tok[..., idx:, :], **self._map_arguments())
         return mean_pool(tok, idx) if kind == "mean" else token_select(tok, idx)
 
-    def _pool_backward(self, d_pooled: Tensor) -> Tensor:
+    def _map_arguments(self) -> dict[str, Any]:
+        """The MAP head's tensors and options under :func:`~vitspec.primitives.variations.map_pool`'s argument
+        names (its heads, eps and activation are the model's, as in timm's AttentionPoolLatent and SigLIP)."""
+        prof = self.profile
+        return {**{k: self._params[f"map.{k}"] for k in MAP_KEYS}, "heads": self.cfg.head_count,
+                "eps": self._opts.eps, "activation": prof.activation, "pool": prof.map_pool}  # fmt: skip
+
+    def _pool_backward(self, d_pooled: Tensor, pool_in: Tensor | None, top: dict[str, Any]) -> Tensor:
         kind, idx = self._pool
         if kind == "cls_mean_concat":
             return cls_mean_concat_backward(d_pooled, self.tokens, idx)
+        if kind == "map":
+            assert pool_in is not None
+            with bind_dims(self.dims if idx == 0 else None):
+                d_rows, g = map_pool_backward(pool_in[..., idx:, :], d_pooled=d_pooled, **self._map_arguments())
+            top.update({f"d_map_{k}": g[f"d{k}"] for k in MAP_KEYS})
+            d_tok = torch.zeros_like(pool_in)
+            d_tok[..., idx:, :] = d_rows  # the dropped prefix rows get no gradient
+            return d_tok
         pool_backward = mean_pool_backward if kind == "mean" else token_select_backward
         return pool_backward(d_pooled, self.tokens, idx)
 
@@ -632,6 +656,8 @@ class ViTBase:
                 pooled = head_in = lin_in = tok
                 logits = distilled_head(tok, p["head_W"], p["head_b"], p["head_dist_W"], p["head_dist_b"])
             else:
+                if tape is not None:
+                    tape.pool_in = tok
                 pooled = self._pool_forward(tok)
                 if cap is not None:
                     cap["pool"] = pooled
@@ -798,7 +824,7 @@ class ViTBase:
             )
             if db is not None:
                 top["d_final_norm_beta"] = db
-        return self._pool_backward(d_pooled)
+        return self._pool_backward(d_pooled, tape.pool_in, top)
 
     def __repr__(self) -> str:
         return (
@@ -836,7 +862,7 @@ def _init_scale(key: str, shape: tuple[int, ...]) -> float:
     name = key.rsplit(".", 1)[-1]
     if name.endswith("gamma"):
         return 0.1
-    if name.endswith("beta") or name in ("pos", "cls_token", "dist_token", "reg_tokens") or len(shape) == 1:
+    if name.endswith("beta") or name in ("pos", "cls_token", "dist_token", "reg_tokens", "latent") or len(shape) == 1:
         return 0.02  # betas, biases, positions, prefix tokens
     if name == "patch_kernel":
         fan_in = math.prod(shape[1:])

@@ -43,6 +43,7 @@ from torch import Tensor
 from ..dims import Float, checked
 from ..schema import HEAD_SPLITS, HeadSplit
 from ._batch import flat2
+from .linear import linear_inference
 from .softmax import softmax, softmax_backward
 
 
@@ -155,25 +156,30 @@ def mha_inference(
     *,
     heads: int,
     head_split: HeadSplit = "reshape_swap",
+    residual: Float[Tensor, "*batch tokens embed_dim"] | None = None,
 ) -> Float[Tensor, "*batch tokens embed_dim"]:
-    """:func:`mha`'s output alone, for a forward that keeps nothing (no cache, no autograd).
+    """:func:`mha`'s output alone (plus ``residual`` if given), for a forward that keeps nothing.
 
-    The same function as :func:`mha`, equal up to rounding, with less memory traffic:
-    Q, K and V are three GEMMs on the weights as they are (no per-call copy of the weights
-    into :func:`mha`'s fused ``(E, 3A)`` matrix, and each head split a view of its own
-    contiguous projection, for either ``head_split``); the per-head ``softmax(Q Kᵀ / √hd) V`` is
-    ``F.scaled_dot_product_attention``, one fused kernel that reads Q, K, V through their
-    strides and never materialises the ``(T, T)`` probabilities. Under autograd it would
-    differentiate ATen's kernel rather than the spec's ops, so callers use it only when
-    nothing records a graph.
+    The same projections and head split as :func:`mha`; the per-head ``softmax(Q Kᵀ / √hd) V``
+    is ``F.scaled_dot_product_attention``, one fused kernel that reads Q, K, V through their
+    strides and never materialises the ``(T, T)`` probabilities; a ``residual`` (the block's skip
+    connection) is accumulated by the output projection's GEMM
+    (:func:`~vitspec.primitives.linear.linear_inference`). Equal to :func:`mha` (``+ residual``)
+    up to rounding. Not for autograd: it would differentiate ATen's kernel rather than the
+    spec's ops, and the residual sum is written in place.
     """
     _check_split(head_split)
     if (bq is None) != (bk is None) or (bq is None) != (bv is None):
         raise ValueError("q/k/v biases must be all given or all None")
-    q, k, v = (split_heads(F.linear(x, w.mT, b), heads, head_split) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
+    b_qkv = None if bq is None else torch.cat((bq, bk, bv))  # type: ignore[arg-type]
+    qkv = F.linear(x, torch.cat((wq, wk, wv), dim=1).mT, b_qkv)  # (*b, T, 3A): one GEMM, as in mha
+    if head_split == "reshape_swap":  # strided views, no copies: the kernel takes any strides
+        q, k, v = (t.transpose(-3, -2) for t in qkv.unflatten(-1, (3, heads, -1)).unbind(-3))
+    else:
+        q, k, v = (split_heads(t, heads, head_split) for t in qkv.unflatten(-1, (3, -1)).unbind(-2))
     # The default scale is 1/sqrt(q.shape[-1]) = 1/sqrt(head_dim), the spec's.
     context = combine_heads(F.scaled_dot_product_attention(q, k, v))
-    return F.linear(context, wo.mT, bo)
+    return linear_inference(context, wo, bo, residual)
 
 
 @checked

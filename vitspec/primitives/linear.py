@@ -7,6 +7,7 @@ the head is ``LinearSpec embedDim numClasses`` with weight ``(numClasses, embedD
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -24,6 +25,29 @@ def linear(
     call is one ``addmm`` with the bias fused in and no copy of ``W``.
     """
     return F.linear(x, w.mT, b)
+
+
+@checked
+def linear_inference(
+    x: Float[Tensor, "*batch n d_in"],
+    w: Float[Tensor, "d_in d_out"],
+    b: Float[Tensor, " d_out"] | None = None,
+    residual: Float[Tensor, "*batch n d_out"] | None = None,
+) -> Float[Tensor, "*batch n d_out"]:
+    """``residual + (x @ W + b)`` for a forward that keeps nothing (:func:`linear` without ``residual``).
+
+    The skip connection after a block's attention or FFN, in one GEMM: a fresh tensor
+    ``residual + b`` that the GEMM accumulates ``x @ W`` into (BLAS ``beta = 1``), instead of
+    the GEMM's own copy of ``b`` into its output followed by a separate sum: one pass over the
+    output fewer. Equal to ``residual + linear(x, W, b)`` up to rounding (the sums associate
+    differently). Not for autograd: ``addmm_`` writes in place.
+    """
+    if residual is None:
+        return F.linear(x, w.mT, b)
+    out = residual + b if b is not None else residual.clone(memory_format=torch.contiguous_format)
+    out = out.contiguous()  # a no-op unless residual was strided: addmm_ needs the flat (rows, d_out) view
+    out.view(-1, out.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), w)
+    return out
 
 
 @checked
