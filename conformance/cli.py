@@ -14,6 +14,7 @@ The module imports nothing heavy at import time, so ``--help`` is instant and th
 from __future__ import annotations
 
 import argparse
+import ctypes
 import signal
 import sys
 import threading
@@ -130,6 +131,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="memory_check",
         action="store_false",
         help="skip the refusal of a check whose estimated memory exceeds what is available",
+    )
+    parser.add_argument(
+        "--spec-revision",
+        metavar="R",
+        default=None,
+        help="the TorchLean revision to check against, e.g. b2a2184 or torchlean@411682f (default: the "
+        "model's own for a spec profile, else the latest); the deviation list is relative to it",
     )
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error (exit 2) too")
     parser.epilog = f"{TARGET_GRAMMAR}\n\n{EXIT_STATUS}"
@@ -276,7 +284,7 @@ def _adapter(model: Any, target: str) -> Any:
     from .adapters import detect
 
     try:
-        return detect(model, **options)
+        return detect(model, copy=False, **options)  # the CLI built the model for this check alone
     except TypeError as e:  # an adapter that does not take the option (a user adapter registered first)
         raise UsageError(f"{target!r}: the detected adapter does not take {', '.join(options)} ({e})") from None
 
@@ -359,7 +367,7 @@ def _check_memory(model: Any, args: argparse.Namespace, adapter: Any = None) -> 
     try:
         from .adapters import detect
 
-        d = (adapter if adapter is not None else detect(model)).describe()
+        d = (adapter if adapter is not None else detect(model, copy=False)).describe()
     except Exception:  # no adapter / unsupported: check() reports that itself, cheaply
         return
     itemsize = {"float64": 8, "float32": 4}.get(args.dtype, 2)
@@ -398,12 +406,27 @@ class _Alarm:
             signal.signal(signal.SIGALRM, self._old)
 
 
+def _return_freed_memory() -> None:
+    """glibc: give every allocation of 128 KiB or more its own mapping, returned to the OS when freed.
+
+    A check allocates and frees gigabytes phase by phase (the model's run, then the spec's); glibc's
+    adaptive threshold would keep freed tensors in the heap, and the peak resident set would count
+    memory no tensor uses (docs/benchmarks.md, "Peak memory"). A no-op where there is no glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (fixing it turns the adaptive threshold off)
+        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def _run(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
     from vitspec.errors import VitSpecError
 
     if args.target is not None and not str(args.target).strip():
         raise UsageError("TARGET is empty (an unset variable?); name a target or omit it for the default")
     _preflight(args)
+    _return_freed_memory()
     try:
         import torch
     except ImportError as e:  # pragma: no cover - torch is a hard dependency
@@ -434,6 +457,9 @@ def _run(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
                     grads=args.grads,
                     progress=cb,
                     inputs=inputs,
+                    spec_revision=getattr(args, "spec_revision", None),
+                    consume=True,  # the model was built for this check alone: no second copy of its weights
+                    spec_cache=False,  # the spec recomputes each layer in its backward: peak memory over time
                 )
             finally:
                 close()

@@ -8,15 +8,27 @@ The recipe (docs/conformance.md; tolerance numbers in docs/tolerance.md), one na
    the spec bundle; build the spec model in **float64** (and, in native low-precision mode,
    also in the model's dtype); draw the seeded input and cotangent.
 2. **run the model**: ``adapter.run(x)`` (the model object itself: every hook, instance
-   attribute and wrapper), with capture hooks at the stage boundaries and autograd on.
-3. **run the spec** on the same input, capturing every stage.
+   attribute and wrapper), with capture hooks at the stage boundaries and autograd on; then its
+   backward from the seeded cotangent, and the model copy's parameters are released (what is
+   compared from here on is the captured stages and the gradients mapped to spec keys).
+3. **run the spec** on the same input, once: the forward captures every stage and keeps the
+   cache its explicit backward consumes.
 4. **compare**: every stage, and the value the model *returned* (stage ``output``), two
    ways: *propagated* (model stage vs the spec run end to end) and *isolated* (model stage
    vs the spec's stage applied to the model's own input of that stage). The first stage
    whose isolated error fails is the first divergence; inside a divergent block the same is
    done per sub-op. Then gradients: the cotangent is backpropagated from the returned value
-   and every parameter's gradient is compared with the spec's explicit backward.
+   and every parameter's gradient is compared with the spec's explicit backward. A head whose
+   weight is exactly zero (a freshly built torchvision ViT) would make every gradient upstream
+   of it exactly zero on both sides; the trunk is then also seeded with a cotangent at the head
+   input, so its gradients are compared non-vacuously. A gradient group that is still exactly
+   zero on both sides is *not compared* (``ok=None``, with a note), never passed.
 5. **verdict**.
+
+The spec revision checked against (``spec_revision``, default the model's own revision for a
+spec profile, else :data:`vitspec.revisions.DEFAULT_REVISION`) is named in the report; the
+deviation list is relative to it. It changes the reference numerics only for a model whose
+profile is a spec revision's (docs/conformance.md, "Spec revision").
 
 Exceptions raised by the model's own forward/backward become a CRASH report, non-finite
 model values NONFINITE; errors of the harness itself propagate.
@@ -24,7 +36,10 @@ model values NONFINITE; errors of the harness itself propagate.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
+import gc
 import math
 import platform
 import re
@@ -41,9 +56,10 @@ from torch import Tensor, nn
 from vitspec._env import machine_info
 from vitspec.errors import ConfigError, MappingError, ShapeError, VitSpecError
 from vitspec.profiles import deviations as profile_deviations
+from vitspec.revisions import DEFAULT_REVISION, SpecRevision, get_revision
 from vitspec.schema import STAGES, grad_group, group_rank, stage_names, sub_op_order
 
-from .capture import Captured, capture
+from .capture import Captured, capture, first_input
 from .report import GradResult, Report, StageResult, Status
 from .tolerance import Policy, coarser, errors, grad_errors, group_scales, parse_dtype, policy
 
@@ -107,16 +123,19 @@ def _input_batch(inputs: Any) -> int:
     return int(inputs.shape[0])
 
 
-def _resolve_adapter(model: nn.Module, adapter: Any) -> Any:
-    """An adapter instance owning its own copy of the model (the caller's model is never touched)."""
+def _resolve_adapter(model: nn.Module, adapter: Any, consume: bool = False) -> Any:
+    """An adapter instance owning its own copy of the model (the caller's model is never touched), or,
+    with ``consume``, the model (and adapter instance) itself."""
     from .adapters.base import Adapter
 
     if adapter is None:
         from .adapters import detect
 
-        return detect(model)
+        return detect(model, copy=not consume)
     if isinstance(adapter, type) and issubclass(adapter, Adapter):
-        return adapter(model)
+        return adapter(model, copy=not consume)
+    if isinstance(adapter, Adapter) and consume:
+        return adapter
     if isinstance(adapter, Adapter):
         # Deep-copy the instance (with the model it holds): hooks and dtype changes must not
         # leak into the caller's adapter or model.
@@ -143,6 +162,7 @@ class _Inputs:
     x_ref: Tensor
     cot_m: Tensor
     cot_ref: Tensor
+    seed: int = 0
 
 
 @dataclass
@@ -158,6 +178,7 @@ class _LowRef:
     spec: Any
     pol: Policy
     stages: dict[str, Tensor] = field(default_factory=dict)
+    tape: Any = None  # its forward cache, kept when it is the gradients' yardstick
 
 
 @dataclass
@@ -177,8 +198,19 @@ class _Context:
     spec64: Any = None
     native: _LowRef | None = None  # native mode: the spec in the model's dtype
     declared: _LowRef | None = None  # the spec in the coarsest dtype the model declares for an op
-    out: Tensor | None = None  # what the model returned
+    out: Tensor | None = None  # what the model returned (released after its backward)
     cap: Captured | None = None
+    revision: SpecRevision | None = None  # the spec revision checked against
+    seed_pooled: Tensor | None = None  # float64 cotangent at the head input (a zero head weight), else None
+    model_g: dict[str, Tensor] = field(default_factory=dict)  # model gradients under spec keys (+ grad_x)
+    backward_crash: str = ""  # why the model's backward raised (reported after the forward comparison)
+    tape: Any = None  # spec64's forward cache for its explicit backward
+    own_copy: bool = True  # the adapter's model is the check's own copy (it may be released)
+    spec_cache: bool = True  # the spec's backward reads its forward's activations (else it recomputes them)
+    zero_head: bool = False  # the classifier weight is exactly zero (the trunk gets its own cotangent)
+    sd_src: dict[str, Tensor] = field(default_factory=dict)  # the weights as given, in the spec's layout
+    map_error: VitSpecError | None = None  # why they do not map (reported once the report is described)
+    declared_pol: Policy | None = None  # the policy of a declared lower precision
     model_t: dict[str, Tensor] = field(default_factory=dict)  # model stage tensors (incl. output)
     model_t64: dict[str, Tensor] = field(default_factory=dict)  # the same in float64: isolation inputs
     ref_t: dict[str, Tensor] = field(default_factory=dict)  # spec64 stage tensors
@@ -201,6 +233,9 @@ def check(
     grads: bool = True,
     progress: ProgressFn | Callable[[str, int, int], None] | None = None,
     inputs: Tensor | None = None,
+    spec_revision: str | None = None,
+    consume: bool = False,
+    spec_cache: bool = True,
 ) -> Report:
     """Check ``model`` against the executable spec; return a :class:`~conformance.report.Report`.
 
@@ -209,8 +244,16 @@ def check(
     in that dtype and judges it against the spec run in the same dtype (docs/tolerance.md).
     ``inputs``: the model input ``(B, C, H, W)`` (e.g. real images, see :mod:`conformance.inputs`)
     instead of the seeded ``N(0, 1)`` one; ``batch`` is then ``B``.
+    ``spec_revision``: the TorchLean revision checked against (``b2a2184``, ``torchlean@411682f``;
+    default: the model's own for a spec profile, else :data:`~vitspec.revisions.DEFAULT_REVISION`).
+    ``consume=True``: check ``model`` (or the given adapter instance) itself instead of a deep copy;
+    it is cast and moved in place and its parameters are **released** afterwards (unusable). For a
+    model built only to be checked (the CLI does this): it saves a copy of the weights.
+    ``spec_cache=False``: the spec keeps only each layer's input for its backward and recomputes the
+    layer there (about one more spec forward of time, the activations' memory saved; the CLI does this).
     Never raises for a model problem: UNSUPPORTED / CRASH / NONFINITE / MISMATCH are statuses.
-    Raises :class:`~vitspec.errors.ConfigError` for bad arguments (batch, dtype, device, inputs).
+    Raises :class:`~vitspec.errors.ConfigError` for bad arguments (batch, dtype, device, inputs, revision).
+    The check is run with autograd on even inside ``torch.inference_mode()`` / ``torch.no_grad()``.
     """
     t0 = time.perf_counter()
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
@@ -224,19 +267,42 @@ def check(
         raise ConfigError(str(e)) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but torch.cuda.is_available() is False")
+    if spec_revision is not None:
+        get_revision(spec_revision)  # an unknown revision is a bad argument (ConfigError), before any work
     report = Report(Status.PASS, environment=environment(dev, dtype_name))
     # A caller inside torch.inference_mode() still gets gradients checked: autograd is the check's own.
     with torch.inference_mode(False), torch.enable_grad():
         try:
-            ctx = _prepare(model, adapter, report, dev, dtype_name, tdtype, batch, seed, grads, progress, inputs)
+            ctx = _prepare(
+                model,
+                adapter,
+                report,
+                dev,
+                dtype_name,
+                tdtype,
+                batch,
+                seed,
+                grads,
+                progress,
+                inputs,
+                spec_revision,
+                consume,
+            )
+            ctx.spec_cache = spec_cache
             _run_model(ctx)
             _run_spec(ctx)
             _compare_forward(ctx)
-            if grads and ctx.out is not None:
+            _drop_stages(ctx)
+            if ctx.backward_crash:
+                report.status, report.backward_ok, report.reason = Status.CRASH, False, ctx.backward_crash
+                raise _Done
+            if ctx.model_g:
                 _compare_gradients(ctx)
             _verdict(ctx)
         except _Done:
             pass
+        finally:
+            gc.collect()  # the model copy, the spec and its cache are garbage now: return their memory
     report.elapsed_s = time.perf_counter() - t0
     return report
 
@@ -254,20 +320,38 @@ def _prepare(
     grads: bool,
     progress: Callable[[str, int, int], None] | None,
     inputs: Tensor | None,
+    spec_revision: str | None = None,
+    consume: bool = False,
 ) -> _Context:
     try:
-        ad = _resolve_adapter(model, adapter)
+        ad = _resolve_adapter(model, adapter, consume)
         desc = ad.description()
     except VitSpecError as e:  # Unsupported (every reason at once), or detect() finding no adapter
         report.status, report.reason = Status.UNSUPPORTED, getattr(e, "reason", None) or str(e)
         report.notes.append(f"{type(e).__name__}: {e}")
         raise _Done from None
+    rev, desc = _against(desc, spec_revision, report)
+    report.spec_revision = f"torchlean@{rev.name}"
     expected = (desc.in_c, desc.in_h, desc.in_w)
     if inputs is not None and tuple(inputs.shape[1:]) != expected:
         raise ConfigError(
             f"inputs have shape {tuple(inputs.shape)}, but the model takes (B, {', '.join(map(str, expected))})"
         )
     ad.model.eval()
+    if any(t.is_meta for t in (*ad.model.parameters(), *ad.model.buffers())):
+        report.status, report.forward_ok = Status.UNSUPPORTED, False
+        report.reason = (
+            "the model's parameters are on the meta device (shapes without values), so there is nothing to run: "
+            "materialize them first (module.to_empty(device=...) and an init, or load weights)"
+        )
+        raise _Done
+    # The weights in the spec's layout, as given (before the cast): the spec is built from them twice,
+    # now (a model the spec cannot express is UNSUPPORTED before it runs) and after the model's run.
+    try:
+        sd_src: dict[str, Tensor] = ad.to_spec(dict(ad.model.named_parameters()))
+        map_error: VitSpecError | None = None
+    except VitSpecError as e:
+        sd_src, map_error = {}, e
     try:
         ad.model.to(device=dev, dtype=tdtype)
     except Exception as e:  # e.g. parameters on the meta device hold no values to move
@@ -287,7 +371,7 @@ def _prepare(
         "batch": batch,
         "seed": seed,
     }
-    report.deviations = profile_deviations(desc.profile, variant=desc.variant)
+    report.deviations = profile_deviations(desc.profile, variant=desc.variant, against=rev)
     report.tolerance = pol.to_dict()
     report.notes += list(desc.notes)
     report.notes += [f"not compared: {n} ({why})" if why else f"not compared: {n}" for n, why in ad.ignored()]
@@ -302,21 +386,63 @@ def _prepare(
             progress(what, min(done, total), total)
 
     io = _draw_inputs(desc, dev, tdtype, grads, batch, seed, inputs)
-    ctx = _Context(report, ad, desc, pol, dev, tdtype, grads, step, io, batch=batch)
-    _build_specs(ctx, dtype_name)
+    ctx = _Context(report, ad, desc, pol, dev, tdtype, grads, step, io, batch=batch, revision=rev)
+    ctx.own_copy = consume or ad.model is not model
+    ctx.sd_src, ctx.map_error = sd_src, map_error
+    _build_specs(ctx, keep_source=True)
+    ctx.zero_head = _zero_head(ctx)
+    # Rebuilt after the model's run (_run_model): the spec and the model, with its autograd graph and
+    # its gradients, are not held at once (peak memory).
+    ctx.spec64 = ctx.native = None
     step("mapped weights onto the spec")
     return ctx
 
 
-def _build_specs(ctx: _Context, dtype_name: str) -> None:
-    """The spec model from the mapped weights in float64, and in native mode also in the model's dtype."""
+def _against(desc: Any, spec_revision: str | None, report: Report) -> tuple[SpecRevision, Any]:
+    """The revision checked against, and the description whose profile is the reference.
+
+    A library profile (timm, torchvision, ...) keeps its own numerics: the revision only sets what
+    the deviation list is relative to. A spec profile (one revision's numerics, e.g. a custom model
+    declaring ``torchlean@411682f``) is checked *as* the chosen revision: its head split, LayerNorm
+    eps and explicit backward become that revision's.
+    """
+    own = desc.profile.revision
+    rev = get_revision(spec_revision if spec_revision is not None else (own or DEFAULT_REVISION))
+    if own is None or own == rev.name:
+        return rev, desc
+    prof = desc.profile.replace(
+        name=f"torchlean@{rev.name}",
+        ln_eps=rev.ln_eps,
+        head_split=rev.head_split,
+        lean_backward=rev.lean_backward,
+        revision=rev.name,
+    )
+    report.notes.append(
+        f"the model's profile {desc.profile.name} implements revision {own}; it is checked against "
+        f"torchlean@{rev.name} (head split, LayerNorm eps and explicit backward of that revision)"
+    )
+    return rev, dataclasses.replace(desc, profile=prof)
+
+
+def _build_specs(ctx: _Context, *, keep_source: bool = False) -> None:
+    """The spec model from the mapped weights in float64, in native mode also in the model's dtype, and in
+    the coarsest dtype the model declares for an op (:func:`_declare_precision`).
+
+    The weights are ``ctx.sd_src`` rounded to the check's dtype, exactly what the model's copy holds
+    (the adapter's maps are transposes, splits and permutes, which commute with rounding). Without
+    ``keep_source`` they are consumed one by one (peak memory)."""
     from vitspec.models import ViTClsSpec, ViTSpec
 
     desc, report = ctx.desc, ctx.report
     spec_cls = ViTClsSpec if desc.variant == "cls" else ViTSpec
+    src = ctx.sd_src
     try:
-        sd = ctx.adapter.to_spec(dict(ctx.model.named_parameters()))
-        sd64 = {k: v.detach().to(device=ctx.dev, dtype=torch.float64) for k, v in sd.items()}
+        if ctx.map_error is not None:
+            raise ctx.map_error
+        sd64 = {
+            k: (src[k] if keep_source else src.pop(k)).to(device=ctx.dev, dtype=ctx.tdtype).to(torch.float64)
+            for k in list(src)
+        }
         ctx.spec64 = spec_cls.from_state_dict(desc.cfg, desc.in_c, desc.in_h, desc.in_w, sd64, profile=desc.profile)
     except MappingError as e:
         names = [*e.missing, *e.unexpected, *e.mismatched]
@@ -327,8 +453,10 @@ def _build_specs(ctx: _Context, dtype_name: str) -> None:
     except VitSpecError as e:
         report.status, report.reason = Status.UNSUPPORTED, f"the spec cannot express this model: {e}"
         raise _Done from None
-    if dtype_name != "float64":
-        ctx.native = _low_ref(ctx, dtype_name, ctx.pol)
+    if ctx.pol.dtype != "float64":
+        ctx.native = _low_ref(ctx, ctx.pol.dtype, ctx.pol)
+    if ctx.declared_pol is not None:
+        ctx.declared = _low_ref(ctx, ctx.declared_pol.dtype, ctx.declared_pol)
 
 
 def _low_ref(ctx: _Context, dtype: str, pol: Policy) -> _LowRef | None:
@@ -378,7 +506,7 @@ def _declare_precision(ctx: _Context) -> None:
     if ctx.precision:
         coarsest = max(ctx.precision.values(), key=_UNIT_ORDER.index)
         pol = _policy(ctx.desc, coarsest, ctx.batch)
-        ctx.declared = _low_ref(ctx, coarsest, pol)
+        ctx.declared_pol = pol  # the spec in that dtype is built with the others (_build_specs)
         ctx.report.tolerance["declared"] = pol.to_dict()
 
 
@@ -434,16 +562,26 @@ def _draw_inputs(
     cot64 = torch.randn((batch, out_dim), generator=gen, dtype=torch.float64)
     x_m = x64.to(device=dev, dtype=tdtype)
     cot_m = cot64.to(device=dev, dtype=tdtype)
-    return _Inputs(x_m.clone().requires_grad_(grads), x_m.to(torch.float64), cot_m, cot_m.to(torch.float64))
+    return _Inputs(x_m.clone().requires_grad_(grads), x_m.to(torch.float64), cot_m, cot_m.to(torch.float64), seed)
 
 
 # -- step 2: run the model ---------------------------------------------------------------
 def _run_model(ctx: _Context) -> None:
-    """``adapter.run(x)`` once, with the capture hooks on and autograd on (when gradients are checked)."""
+    """``adapter.run(x)`` once, with the capture hooks on and autograd on (when gradients are
+    checked); then the model's backward (:func:`_model_backward`)."""
     m, report = ctx.model, ctx.report
     m.zero_grad(set_to_none=True)
     for p in m.parameters():
         p.requires_grad_(ctx.grads)
+    inside: list[str] = []  # submodules of the copy that ran: none means the forward escaped the copy
+    seed_point = _seed_points(ctx)
+    live: list[Tensor] = []  # the head input as the model computed it (graph attached), for seeding
+    watchers = [
+        sub.register_forward_pre_hook(lambda *_a, _n=name: inside.append(_n) if not inside else None)
+        for name, sub in m.named_modules()
+        if name
+    ]
+    watchers += [_keep_live(pt, live) for pt in seed_point]
     try:
         with (
             capture(ctx.adapter.capture_points(), watch=m, device_type=ctx.dev.type) as cap,
@@ -454,10 +592,18 @@ def _run_model(ctx: _Context) -> None:
             except Exception as e:
                 raise _ModelCrashError("the model's forward raised", e) from e
     except _ModelCrashError as c:
-        report.status, report.reason, report.forward_ok = Status.CRASH, str(c), False
+        report.status, report.forward_ok = Status.CRASH, False
+        report.reason = f"{c}{_ESCAPED if not inside and any(True for _ in m.children()) else ''}"
         raise _Done from None
+    finally:
+        for h in watchers:
+            h.remove()
     ctx.cap = cap
     ctx.step("model forward")
+    if not inside and any(True for _ in m.children()):
+        report.status, report.forward_ok = Status.UNSUPPORTED, False
+        report.reason = _ESCAPED.removeprefix("; ")
+        raise _Done
     report.notes += cap.notes
     report.notes += [f"{n}: module ran {cap.calls[n]} times; the first call was compared" for n in cap.repeated]
     if not isinstance(out, Tensor):
@@ -469,19 +615,132 @@ def _run_model(ctx: _Context) -> None:
     ctx.model_t[OUTPUT] = out.detach()
     ctx.model_t64 = {k: v.to(torch.float64) for k, v in ctx.model_t.items()}
     _declare_precision(ctx)
+    grads = _model_backward(ctx, live[0] if live else None) if ctx.grads else None
+    del live
+    if ctx.own_copy:
+        _release(m)
+    if grads is not None:
+        named, grad_x = grads
+        ctx.model_g = ctx.adapter.to_spec(named)
+        del named, grads
+        ctx.model_g["grad_x"] = grad_x
+    _build_specs(ctx)  # the weights the model ran with
+
+
+#: Appended to the reason when none of the model copy's submodules ran during its forward.
+_ESCAPED = (
+    "; the model's forward escapes the model copy the check runs: none of the copy's modules ran (its forward "
+    "is a closure over another object, e.g. the original model's bound forward, so the original modules ran "
+    "instead); --dtype equal to the model's dtype avoids a dtype clash, but the check still cannot see inside: "
+    "bind the wrapper to the model (types.MethodType) so that a copy calls its own modules"
+)
+
+
+def _zero_head(ctx: _Context) -> bool:
+    """Whether the trunk needs its own cotangent: a classifier whose weight is exactly zero makes every
+    gradient upstream of the head exactly zero on both sides, a comparison that proves nothing."""
+    p = ctx.desc.profile
+    head_w = ctx.spec64.state_dict().get("head_W")
+    return bool(ctx.grads and ctx.desc.has_head and p.head != "distilled" and head_w is not None and not head_w.any())
+
+
+def _seed_points(ctx: _Context) -> tuple[Any, ...]:
+    """The capture points of the head input when the trunk needs its own cotangent, else none."""
+    if not ctx.zero_head:
+        return ()
+    stage = "final_norm" if ctx.desc.profile.final_norm == "after_pool" else "pool"
+    return tuple(ctx.adapter.capture_points().get(stage, ()))
+
+
+def _keep_live(point: Any, live: list[Tensor]) -> torch.utils.hooks.RemovableHandle:
+    """A hook keeping the first value a capture point sees, transformed but *not* detached."""
+
+    def keep(value: Any) -> None:
+        if live:
+            return
+        try:
+            t = point.transform(value)
+        except Exception:  # the capture hook on the same point reports a failing transform
+            return
+        if isinstance(t, Tensor) and t.requires_grad:
+            live.append(t)
+
+    if point.kind == "output":
+        return point.module.register_forward_hook(lambda _m, _a, out: keep(out))
+    return point.module.register_forward_pre_hook(lambda _m, a, kw: keep(first_input(a, kw)), with_kwargs=True)
+
+
+def _model_backward(ctx: _Context, head_in: Tensor | None) -> tuple[dict[str, Tensor], Tensor] | None:
+    """Backpropagate the cotangent from the returned value (and, for a zero head weight, a second one
+    from the head input): ``(gradient per library parameter, gradient of the input)``.
+
+    A backward that raises is remembered (``ctx.backward_crash``; ``None`` is returned) and reported
+    after the forward comparison."""
+    report, m = ctx.report, ctx.model
+    assert ctx.out is not None
+    outs, cots = [ctx.out], [ctx.io.cot_m]
+    if head_in is not None:
+        gen = torch.Generator().manual_seed(ctx.io.seed + 1)
+        pooled64 = torch.randn(tuple(head_in.shape), generator=gen, dtype=torch.float64)
+        ctx.seed_pooled = pooled64.to(ctx.dev)
+        outs.append(head_in)
+        cots.append(pooled64.to(device=ctx.dev, dtype=head_in.dtype))
+        report.notes.append(
+            "the head weight is exactly zero, so every gradient upstream of the head would be exactly zero on both "
+            "sides: the trunk is also seeded with a cotangent at the head input (the spec's grad_pooled)"
+        )
+    elif ctx.zero_head:
+        report.notes.append(
+            "the head weight is exactly zero and the model's head input could not be seeded: the gradients upstream "
+            "of the head are exactly zero on both sides and are not compared"
+        )
+    try:
+        torch.autograd.backward(outs, cots)
+    except Exception as e:
+        ctx.backward_crash = str(_ModelCrashError("the model's backward raised", e))
+        return None
+    finally:
+        ctx.out = None  # the graph is spent (or broken): drop it
+        del outs, head_in
+    ctx.step("model backward")
+    # A parameter autograd never reached (e.g. an unused pooler) has gradient zero.
+    grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in m.named_parameters()}
+    x_in = ctx.io.x_in
+    return grads, (x_in.grad if x_in.grad is not None else torch.zeros_like(x_in))
+
+
+def _release(m: nn.Module) -> None:
+    """Free the model copy's parameters and gradients: the copy is the check's own and does not run
+    again, and releasing it keeps the model, its gradients, the spec and the spec's forward cache from
+    being alive at once (peak memory, docs/benchmarks.md). Each parameter keeps its shape and dtype,
+    as a one-element stride-0 view, for the adapter's rules."""
+    with torch.no_grad():
+        for p in m.parameters():
+            p.grad = None
+            p.data = torch.zeros((), dtype=p.dtype, device=p.device).expand(p.shape)
 
 
 # -- step 3: run the spec ----------------------------------------------------------------
 def _run_spec(ctx: _Context) -> None:
     """The spec forward in float64 (the reference) and in each lower-precision reference, capturing
-    every stage; a reference sees the model's input rounded to its dtype."""
+    every stage, once: when gradients are compared it keeps the cache the explicit backward consumes.
+    A reference sees the model's input rounded to its dtype."""
+    keep = bool(ctx.model_g)
     with torch.no_grad():
-        ctx.ref_t[OUTPUT] = ctx.spec64.forward(ctx.io.x_ref, capture=ctx.ref_t)
+        if keep:
+            mode = "cache" if ctx.spec_cache else "recompute"
+            ctx.ref_t[OUTPUT], ctx.tape = ctx.spec64.forward_with_cache(ctx.io.x_ref, mode, capture=ctx.ref_t)
+        else:
+            ctx.ref_t[OUTPUT] = ctx.spec64.forward(ctx.io.x_ref, capture=ctx.ref_t)
         for ref in (ctx.native, ctx.declared):
             if ref is None:
                 continue
+            x = ctx.io.x_ref.to(ref.dtype)
             try:
-                ref.stages[OUTPUT] = ref.spec.forward(ctx.io.x_ref.to(ref.dtype), capture=ref.stages)
+                if keep and ref is _grad_ref(ctx):
+                    ref.stages[OUTPUT], ref.tape = ref.spec.forward_with_cache(x, capture=ref.stages)
+                else:
+                    ref.stages[OUTPUT] = ref.spec.forward(x, capture=ref.stages)
             except Exception as e:
                 ref.stages.clear()
                 ctx.report.notes.append(f"spec forward failed in {ref.dtype} ({_exc_text(e)}); tolerance = floor only")
@@ -609,6 +868,16 @@ def _compare_forward(ctx: _Context) -> None:
         report.notes.append("not captured (not compared, not passed): " + ", ".join(report.not_captured))
 
 
+def _drop_stages(ctx: _Context) -> None:
+    """Free the stage tensors once every stage is compared: the spec's backward comes next (peak memory)."""
+    assert ctx.cap is not None
+    for d in (ctx.model_t, ctx.model_t64, ctx.ref_t, ctx.cap.tensors):
+        d.clear()
+    for ref in (ctx.native, ctx.declared):
+        if ref is not None:
+            ref.stages.clear()
+
+
 def _drill_down(ctx: _Context, block: str, order: list[str]) -> None:
     """Every sub-op of a divergent block, propagated and isolated; the first failing one is named."""
     report = ctx.report
@@ -628,52 +897,90 @@ def _drill_down(ctx: _Context, block: str, order: list[str]) -> None:
 
 # -- step 4b: compare the gradients ----------------------------------------------------------
 def _compare_gradients(ctx: _Context) -> None:
-    """Model autograd (from the value the model returned) vs the spec's explicit backward."""
+    """Model autograd (from the value the model returned) vs the spec's explicit backward.
+
+    Each encoder layer's gradients are compared as soon as the spec's backward computed them, and
+    both sides are freed then (peak memory); the other groups after the backward."""
     report, ad = ctx.report, ctx.adapter
-    assert ctx.out is not None
-    try:
-        ctx.out.backward(ctx.io.cot_m)
-    except Exception as e:
-        report.status, report.backward_ok = Status.CRASH, False
-        report.reason = str(_ModelCrashError("the model's backward raised", e))
-        raise _Done from None
-    ctx.step("model backward")
-    named = dict(ctx.model.named_parameters())
-    # A parameter autograd never reached (e.g. an unused pooler) has gradient zero.
-    model_g = ad.to_spec({n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in named.items()})
-    model_g["grad_x"] = ctx.io.x_in.grad if ctx.io.x_in.grad is not None else torch.zeros_like(ctx.io.x_in)
-    ref_g = _spec_gradients(ctx, ctx.spec64, ctx.io.x_ref, ctx.io.cot_ref)
+    model_g = ctx.model_g
     # Every gradient flows through a declared op (the backward runs through the whole network).
-    ref = ctx.declared if ctx.precision else ctx.native
+    ref = _grad_ref(ctx)
     lp_g: dict[str, Tensor] = {}
-    if ref is not None:
+    if ref is not None and ref.tape is not None:
         try:
-            lp_g = _spec_gradients(ctx, ref.spec, ctx.io.x_ref.to(ref.dtype), ctx.io.cot_ref.to(ref.dtype))
+            pooled = ctx.seed_pooled.to(ref.dtype) if ctx.seed_pooled is not None else None
+            lp_g = _spec_gradients(ctx, ref.spec, ref.tape, ctx.io.cot_ref.to(ref.dtype), pooled)
         except Exception as e:
             report.notes.append(f"spec backward failed in {ref.dtype} ({_exc_text(e)}); tolerance = floor only")
-    ctx.step("spec backward")
+        ref.tape = None
     pol = ref.pol if ref is not None else ctx.pol
     synthetic = set(ctx.desc.synthetic)
-    scale = group_scales({k: v for k, v in ref_g.items() if k not in synthetic}, grad_group)
-    rows = [
-        _grad_row(lib, keys, model_g, ref_g, lp_g, scale, pol)
-        for lib, keys in _grad_links(ad, ref_g, model_g, synthetic)
-    ]
+    links = _grad_links(ad, ctx.spec64.state_dict(), model_g, synthetic)
+    rows: dict[int, GradResult] = {}
+    compared: set[str] = set()
+
+    def on_layer(i: int, layer: Any) -> None:
+        ref_layer = dict(layer.items(f"encoder.{i}."))
+        scale = group_scales({k: v for k, v in ref_layer.items() if k not in synthetic}, grad_group)
+        for j, (lib, keys) in enumerate(links):
+            if j not in rows and all(k in ref_layer for k in keys):
+                rows[j] = _grad_row(lib, keys, model_g, ref_layer, lp_g, scale, pol)
+                compared.update(keys)
+        for k in compared.intersection(ref_layer):
+            model_g.pop(k, None)
+            _free(ref_layer[k])
+
+    ref_g = _spec_gradients(ctx, ctx.spec64, ctx.tape, ctx.io.cot_ref, ctx.seed_pooled, on_layer)
+    ctx.tape = None  # the backward consumed it
+    ctx.step("spec backward")
+    rest = {k: v for k, v in ref_g.items() if k not in compared}
+    scale = group_scales({k: v for k, v in rest.items() if k not in synthetic}, grad_group)
+    for j, (lib, keys) in enumerate(links):
+        if j not in rows:
+            rows[j] = _grad_row(lib, keys, model_g, rest, lp_g, scale, pol)
+    ctx.model_g = {}
     layers = ctx.desc.cfg.num_layers
-    rows.sort(key=lambda r: group_rank(r.group, layers))  # stable: keeps link order within a group
-    report.grads = rows
-    for group in dict.fromkeys(r.group for r in rows):
+    ordered = [rows[j] for j in range(len(links))]
+    ordered.sort(key=lambda r: group_rank(r.group, layers))  # stable: keeps link order within a group
+    report.grads = ordered
+    for group in dict.fromkeys(r.group for r in ordered):
         ctx.step(f"gradients {group}")
-    report.backward_ok = all(r.ok is not False for r in rows)
-    failed = [r.group for r in rows if r.ok is False]
+    vacuous = [g for g in dict.fromkeys(r.group for r in ordered if r.note.startswith(_VACUOUS))]
+    if vacuous:
+        report.notes.append(
+            "not compared (vacuous): the gradients of " + ", ".join(vacuous) + " are exactly zero in the spec and "
+            "in the model, so their comparison proves nothing; they are not counted as passed"
+        )
+    report.backward_ok = all(r.ok is not False for r in ordered)
+    failed = [r.group for r in ordered if r.ok is False]
     report.first_grad_divergence = failed[0] if failed else None
 
 
-def _spec_gradients(ctx: _Context, spec: Any, x: Tensor, cot: Tensor) -> dict[str, Tensor]:
-    if ctx.desc.has_head:
-        g, gx = spec.backward(x, cot, mode="cache")
-    else:
-        g, gx = spec.backward(x, grad_pooled=cot, mode="cache")
+def _free(t: Tensor) -> None:
+    """Drop a compared gradient's storage now (the tensor object stays, with no elements)."""
+    with contextlib.suppress(RuntimeError):  # a tensor torch will not re-point is freed with the rest, later
+        t.set_(t.new_empty(0).untyped_storage())
+
+
+def _grad_ref(ctx: _Context) -> _LowRef | None:
+    """The lower-precision reference the gradients are judged against (a declared op's, else native)."""
+    return ctx.declared if ctx.precision else ctx.native
+
+
+def _spec_gradients(
+    ctx: _Context,
+    spec: Any,
+    tape: Any,
+    cot: Tensor,
+    pooled: Tensor | None,
+    on_layer: Callable[[int, Any], None] | None = None,
+) -> dict[str, Tensor]:
+    """The spec's explicit backward over the cache of its one forward."""
+    with torch.no_grad():
+        if ctx.desc.has_head:
+            g, gx = spec.backward_from_cache(tape, cot, grad_pooled=pooled, on_layer=on_layer)
+        else:
+            g, gx = spec.backward_from_cache(tape, grad_pooled=cot, on_layer=on_layer)
     d = dict(g.to_dict())
     d["grad_x"] = gx
     return d
@@ -691,6 +998,10 @@ def _grad_links(
         if k not in linked and k not in synthetic and k != "grad_x" and k in model_g:
             links.append((f"(no library parameter) {k}", (k,)))
     return [*links, ("input", ("grad_x",))]
+
+
+#: The note of a gradient row whose group is exactly zero in the spec and in the model.
+_VACUOUS = "not compared: vacuous"
 
 
 def _grad_row(
@@ -712,11 +1023,16 @@ def _grad_row(
         return GradResult(lib, list(keys), group, math.inf, math.inf, None, False, note=note)
     s = scale.get(group, 0.0)
     e = grad_errors([model_g[k] for k in keys], [ref_g[k] for k in keys], s)
+    if s == 0.0 and e.max_abs == 0.0:  # both sides exactly zero: nothing was tested
+        return GradResult(
+            lib, list(keys), group, 0.0, None, None, None, note=_VACUOUS + " (exactly zero on both sides)"
+        )
     lowp = None
     if lp_g and all(k in lp_g for k in keys):
         lowp = grad_errors([lp_g[k] for k in keys], [ref_g[k] for k in keys], s).rel
     ok, tol = pol.judge(e.rel, lowp, grad=True)
-    note = "" if all(_finite(model_g[k]) for k in keys) else "model gradient is non-finite"
+    finite = math.isfinite(e.max_abs) or all(_finite(model_g[k]) for k in keys)  # a finite error: both finite
+    note = "" if finite else "model gradient is non-finite"
     return GradResult(lib, list(keys), group, e.max_abs, e.rel, tol, ok, lowp, note)
 
 

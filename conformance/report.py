@@ -176,7 +176,8 @@ class Report:
     input last), ``stages`` (ordered), ``subops`` (the drill-down of the first divergent
     block), ``grads``, ``deviations`` (the model's variation points vs the torchlean spec),
     ``description``, ``tolerance`` (the policy and its numbers), ``notes``, ``environment``,
-    ``elapsed_s``, ``reason`` (one line: why any status other than PASS).
+    ``elapsed_s``, ``reason`` (one line: why any status other than PASS), ``spec_revision`` (the
+    TorchLean revision checked against, e.g. ``torchlean@b2a2184``; the deviations are relative to it).
     """
 
     status: Status
@@ -195,6 +196,7 @@ class Report:
     environment: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
     reason: str = ""
+    spec_revision: str = ""
     schema: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -282,7 +284,8 @@ class Report:
             lines += ["## Model", ""]
             lines += [f"- {k}: `{v}`" for k, v in self.description.items()]
             lines.append("")
-        lines += ["## Deviations from the TorchLean spec (variation points)", ""]
+        at = f" at revision `{self.spec_revision}`" if self.spec_revision else ""
+        lines += [f"## Deviations from the TorchLean spec{at} (variation points)", ""]
         lines += [f"- {d}" for d in self.deviations] or ["- none: the model follows the spec's own numerics"]
         lines.append("")
         if self.tolerance:

@@ -105,6 +105,16 @@ def _timm_vit(mlp: str = "", **kw: Any) -> nn.Module:
     return VisionTransformer(**({"img_size": 32, "patch_size": 8, "mlp_ratio": 2.0, **_SMALL} | kw))
 
 
+def _timm_head_dim(head_dim: int, **kw: Any) -> nn.Module:
+    """timm ``VisionTransformer`` whose ``Attention(attn_head_dim=...)`` decouples heads*head_dim from the width."""
+    from timm.layers import Attention
+
+    model: Any = _timm_vit(**kw)
+    for b in model.blocks:  # VisionTransformer takes an attention class, not its options: swap the modules
+        b.attn = Attention(model.embed_dim, num_heads=b.attn.num_heads, qkv_bias=True, attn_head_dim=head_dim)
+    return model
+
+
 def _timm_named(name: str, **kw: Any) -> nn.Module:
     import timm
 
@@ -275,6 +285,14 @@ ZOO: tuple[Entry, ...] = (
         _timm_distilled,
         Perturbation("head_dist", "head"),
         ("dist_token", "distilled_head"),
+    ),
+    E("timm-attn-head-dim", "timm", partial(_timm_head_dim, 24), _T_ATTN0, ("attn_dim",)),
+    E(
+        "timm-reg-avg-include-prefix",
+        "timm",
+        partial(_timm_vit, global_pool="avg", reg_tokens=2, class_token=False, pool_include_prefix=True),
+        _t_mlp(),
+        ("reg_tokens", "avg_pool_prefix"),
     ),
     E(
         "timm-map-pool-perturbed",
@@ -533,6 +551,20 @@ ZOO: tuple[Entry, ...] = (
         partial(_hf, "CLIPVisionModel", "CLIPVisionConfig"),
         Perturbation("post_layernorm", "final_norm"),
         ("pre_norm", "patch_bias", "quick_gelu"),
+    ),
+    E(
+        "hf-dinov2-backbone",
+        "hf",
+        partial(_hf, "Dinov2Model", "Dinov2Config", mlp_ratio=2),
+        block(1, "mlp", "encoder.layer.1.mlp"),
+        ("layer_scale",),
+    ),
+    E(
+        "hf-dinov2-registers-backbone-final-norm-perturbed",
+        "hf",
+        partial(_hf, "Dinov2WithRegistersModel", "Dinov2WithRegistersConfig", mlp_ratio=2, num_register_tokens=4),
+        Perturbation("layernorm", "final_norm"),
+        ("layer_scale", "reg_tokens"),
     ),
     E(
         "hf-siglip-head-perturbed",

@@ -81,7 +81,7 @@ def detect(model: nn.Module, **kwargs: Any) -> Adapter:
     for cls in ADAPTERS:
         if cls.matches(model):
             return cls(model, **kwargs)
-    tried = ", ".join(c.name for c in ADAPTERS)
+    tried = ", ".join(dict.fromkeys(c.name for c in ADAPTERS))  # two "hf" adapters read as one library
     raise NoAdapterError(
         f"no adapter for {type(model).__module__}.{type(model).__qualname__} (tried: {tried}); "
         "write one with conformance.adapters.CustomAdapter and register() it (docs/custom-adapters.md)"

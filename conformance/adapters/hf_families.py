@@ -19,6 +19,8 @@ departures from the spec are profile variation points (:mod:`vitspec.primitives.
   ``class_embedding``, ``pre_layrnorm`` (``pre_norm``), ``post_layernorm`` on token 0
   (``final_norm='after_pool'``), no classifier (the pooled vector is the output) or the bias-free
   ``visual_projection`` (``head_bias=False``); ``hidden_act`` is probed (``quick_gelu`` for OpenAI CLIP).
+- ``Dinov2Model`` / ``Dinov2WithRegistersModel`` (backbones): as above without a classifier; the pooled
+  vector is ``pooler_output``, the CLS row after ``layernorm`` (``pooling='token'``).
 - ``SiglipVisionModel``: CLIP's layer names, no class token, ``post_layernorm`` over every token, then the
   MAP head (``pooling='map'``): ``probe`` queries a ``torch.nn.MultiheadAttention`` (``in_proj`` rows
   ``[q; k; v]``), ``x + mlp(layernorm(x))``, token 0. ``vision_use_head=False`` has no pooled output.
@@ -97,6 +99,10 @@ FAMILIES: dict[str, Family] = {
     "CLIPVisionModel": Family("transformers.models.clip.modeling_clip", "", "clip", "cls", "token", ""),
     "CLIPVisionModelWithProjection": Family("transformers.models.clip.modeling_clip", "vision_model", "clip", "cls",
                                             "token", "projection"),
+    # DINOv2 backbones: the pooled vector (pooler_output) is the final-normed CLS row; no classifier
+    "Dinov2Model": Family("transformers.models.dinov2.modeling_dinov2", "", "dinov2", "cls", "token", ""),
+    "Dinov2WithRegistersModel": Family("transformers.models.dinov2_with_registers.modeling_dinov2_with_registers", "",
+                                       "dinov2", "cls", "token", ""),
     "SiglipVisionModel": Family("transformers.models.siglip.modeling_siglip", "", "siglip", "mean", "map", ""),
 }  # fmt: skip
 
@@ -136,6 +142,11 @@ def _layer(fam: Family, i: int, mlp: Any) -> LayerPaths:
         norm2=f"{b}.layer_norm2", mlp=f"{b}.mlp", fc1=f"{b}.mlp.fc1", act=f"{b}.mlp.activation_fn",
         fc2=f"{b}.mlp.fc2", attn_in=a, mlp_in=f"{b}.mlp", block=b, tuple_out=True,
     )  # fmt: skip
+
+
+def _cls_row(t: Tensor) -> Tensor:
+    """Token 0 of ``(B, T, D)`` (a DINOv2 backbone's pooled vector: the CLS row after the final LayerNorm)."""
+    return t[:, 0]
 
 
 def _logits(output: Any) -> Tensor:
@@ -460,6 +471,9 @@ class HFFamilyAdapter(RuleAdapter):
         t["final_norm"] = [out(final)]
         if fam.pooling == "map":
             t["pool"] = [out("head")]
+            return t
+        if fam.head == "":  # a backbone: its pooler_output is the CLS row of the final norm's output
+            t["pool"] = [out(final, _cls_row)]
             return t
         if fam.head == "teacher":
             t["head"] = [out("", _logits)]

@@ -182,7 +182,11 @@ class TimmAdapter(RuleAdapter):
         notes += act_notes + per_layer.notes
         final_norm: FinalNorm = "before_pool" if norm_on else "after_pool" if fc_norm_on else "none"
         cls_token = m.cls_token is not None
-        pooling: Pooling = "token" if gp == "token" else "mean_all" if m.pool_include_prefix and cls_token else "mean"
+        pooling: Pooling | None = (
+            "token" if gp == "token" else "mean_all" if m.pool_include_prefix and cls_token else "mean"
+        )
+        if gp == "avg" and m.pool_include_prefix and not cls_token and m.num_prefix_tokens:
+            pooling = None  # registers without a class token, averaged too: the mean-pool variant's own mean
         if map_pool is not None:
             pooling = "map"
         profile = p0.replace(

@@ -12,6 +12,10 @@ in reverse order of the forward; it never calls autograd. ``LayerCache`` holds t
 activations one forward produces so a backward can reuse them (``mode='cache'``);
 without a cache the backward recomputes this layer's forward first
 (``mode='recompute'``, Lean's "intermediates are recomputed locally").
+
+A profile that selects a variation point changing the layer's dataflow (LayerScale, qk-norm,
+RMSNorm, a GLU FFN, FFN biases off; :attr:`LayerOptions.is_core` is false) is run by
+:mod:`vitspec.models.variant_layer` instead (:func:`layer_forward` / :func:`layer_backward` dispatch).
 """
 
 from __future__ import annotations

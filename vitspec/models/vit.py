@@ -10,14 +10,17 @@ as the Lean ``ViTSpec.backward`` does (NN/Spec/Models/Vit.lean)::
 
 The third-party numerics of :mod:`vitspec.profiles` (pre-norm, GELU, biases, final /
 head norms, pooling, vit-pytorch's linear patch embedding) are switches on the same
-code; the default profile ``torchlean`` is the spec. See ``docs/architecture.md``
+code; the default profile ``torchlean`` is the spec. The variation points beyond TorchLean
+(``docs/profiles.md``: prefix tokens, fixed or no position tables, a pre-norm, DINOv2's and MAP
+pooling, DeiT's distilled head, and the layer's in :mod:`vitspec.models.variant_layer`) call
+:mod:`vitspec.primitives.variations` only when the profile selects them. See ``docs/architecture.md``
 for the API contract, the state-dict keys and the capture stages.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -594,14 +597,17 @@ class ViTBase:
 
     __call__ = forward
 
-    def forward_with_cache(self, x: Tensor, mode: Mode = "cache") -> tuple[Tensor, ForwardCache]:
+    def forward_with_cache(
+        self, x: Tensor, mode: Mode = "cache", *, capture: MutableMapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, ForwardCache]:
         """The forward split from its backward: ``(logits, cache)``, where ``cache`` holds what
-        :meth:`backward_from_cache` consumes (``mode`` as in :meth:`backward`).
+        :meth:`backward_from_cache` consumes (``mode`` as in :meth:`backward`; ``capture`` as in
+        :meth:`forward`, so one forward serves both a stage comparison and the backward).
 
         :meth:`backward` runs both halves on one input; :class:`vitspec.autograd.SpecViTFunction`
         calls them from autograd's separate forward and backward.
         """
-        logits, cache = self._forward_tape(x, mode)
+        logits, cache = self._forward_tape(x, mode, capture=capture)
         assert cache is not None  # a mode was given
         return logits, cache
 
@@ -723,11 +729,15 @@ class ViTBase:
         *,
         grad_pooled: Tensor | None = None,
         need_grad_x: bool = True,
+        on_layer: Callable[[int, EncoderLayerGrads], None] | None = None,
     ) -> tuple[ViTGrads, Tensor | None]:
         """The explicit backward (the order of Lean ``ViTSpec.backward``) over ``tape``, the :class:`ForwardCache` of
         :meth:`forward_with_cache` (``grad_output`` / ``grad_pooled`` / ``need_grad_x`` as in
-        :meth:`backward`). Frees layer caches as it goes; a second call on the same cache recomputes
-        those layers instead."""
+        :meth:`backward`, except that here both cotangents may be given: they add at the head input,
+        as for a loss that reads the logits and the features). Frees layer caches as it goes; a second
+        call on the same cache recomputes those layers instead. ``on_layer(i, grads)`` is called with each
+        encoder layer's gradients as soon as they are computed (last layer first), e.g. to compare them
+        while the backward goes on."""
         fn = f"{type(self).__name__}.backward"
         p, prof, eps, cfg = self._params, self.profile, self._opts.eps, self.cfg
         assert tape.head_lin_in is not None and tape.head_in is not None and tape.pooled is not None
@@ -759,6 +769,8 @@ class ViTBase:
                 if cache is not None:
                     tape.layer_caches[i] = None  # release this layer's activations now
                 del cache
+                if on_layer is not None:
+                    on_layer(i, d_encoder[i])
             # Pre-norm, positions, prefix tokens, token layout, patch embedding.
             grad_x: Tensor | None
             if prof.pre_norm:
@@ -801,6 +813,7 @@ class ViTBase:
         p, prof, eps = self._params, self.profile, self._opts.eps
         assert tape.head_lin_in is not None and tape.head_in is not None and tape.pooled is not None
         head_norm_keys = ("d_head_norm_gamma", "d_head_norm_beta")
+        width = "embed_dim" if self.dims["pooled"] == self.cfg.embed_dim else "pooled"  # cls_mean_concat: 2E
         if grad_output is not None:
             g = self._check_cotangent(fn, "grad_output", grad_output, tape, "classes")
             with bind_dims(self.dims if self.dims["pooled"] == self.cfg.embed_dim else None):
@@ -811,8 +824,9 @@ class ViTBase:
             if prof.head_norm:
                 d_head_in, dg, db = norm_backward(tape.head_in, p["head_norm_gamma"], d_lin_in, prof.norm, eps)
                 top.update({k: v for k, v in zip(head_norm_keys, (dg, db), strict=True) if v is not None})
+            if grad_pooled is not None:  # both given (backward_from_cache only): the cotangents add
+                d_head_in = d_head_in + self._check_cotangent(fn, "grad_pooled", grad_pooled, tape, width)
         else:
-            width = "embed_dim" if self.dims["pooled"] == self.cfg.embed_dim else "pooled"  # cls_mean_concat: 2E
             d_head_in = self._check_cotangent(fn, "grad_pooled", grad_pooled, tape, width)
             zeros = {"d_head_W": "head_W", "d_head_b": "head_b", **dict(zip(head_norm_keys, ("head_norm_gamma",
                      "head_norm_beta"), strict=True))}  # fmt: skip
