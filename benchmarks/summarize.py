@@ -201,6 +201,8 @@ def render_conformance(results: Path = RESULTS) -> str:
     files = sorted(results.glob("conformance_*.json"))
     if not files:
         return _missing("conformance_<device>.json", ".venv/bin/python benchmarks/bench_conformance.py")
+    if any("cold" in _load(p) for p in files):
+        return _render_conformance_cold(files)
     out = [
         "| device | model | batch | dtype | `check()` | autograd fwd+bwd | ratio (medians) | target | result "
         "| check status |",
@@ -218,6 +220,41 @@ def render_conformance(results: Path = RESULTS) -> str:
         )
         machines.append(f"`{_rel(path)}`: " + _machine(d["machine"]).removeprefix("**Machine.** "))
     out += ["", "**Machines.** " + " ".join(machines), ""]
+    return "\n".join(out)
+
+
+def _median_min(t: dict) -> str:
+    return f"{_seconds(t['median_s'])} ({_seconds(t['min_s'])})"
+
+
+def _render_conformance_cold(files: list[Path]) -> str:
+    """Cold (first call in a fresh process) beside warm; the verdict is on the cold ratio of medians."""
+    out = [
+        "| device | model | batch | dtype | cold `check()` | cold autograd fwd+bwd | cold ratio (medians; mins) "
+        "| warm `check()` | warm autograd fwd+bwd | warm ratio | target (cold) | result | check status |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    machines = []
+    for path in files:
+        d = _load(path)
+        c, w = d["cold"], d["times"]
+        out.append(
+            f"| {d.get('device', '?')} | `{d.get('model', '?')}` | {d.get('batch', '?')} | {d.get('dtype', '?')} | "
+            f"{_median_min(c['check'])} | {_median_min(c['autograd_fwd_bwd'])} | "
+            f"{d['ratio_cold']:.2f}; {d['ratio_cold_min']:.2f} | "
+            f"{_median_min(w['check'])} | {_median_min(w['autograd_fwd_bwd'])} | {d['ratio']:.2f} | "
+            f"≤ {d['target']:g} | {_verdict(d['ratio_cold'], d['target'])} | {d.get('check_status', '?')} |"
+        )
+        machines.append(f"`{_rel(path)}`: " + _machine(d["machine"]).removeprefix("**Machine.** "))
+    reps = ", ".join(f"{d.get('cold_reps', '?')} cold / {d.get('reps', '?')} warm" for d in map(_load, files))
+    out += [
+        "",
+        f"Times are median (min) over the repetitions ({reps}); cold runs alternate fresh processes (check, "
+        "autograd, check, ...), warm runs alternate in one process after a warm-up round.",
+        "",
+        "**Machines.** " + " ".join(machines),
+        "",
+    ]
     return "\n".join(out)
 
 

@@ -99,6 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-grads", dest="grads", action="store_false", help="compare the forward pass only")
     parser.add_argument(
+        "--trunk-only",
+        action="store_true",
+        help="check everything up to the pooled features and leave the head out (for a model whose only "
+        "inexpressible part is its head); the verdict says the head was not checked",
+    )
+    parser.add_argument(
         "--weights",
         metavar="PATH",
         help="load real weights into the target first: .safetensors or a torch checkpoint (strict key match)",
@@ -458,6 +464,7 @@ def _run(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
                     progress=cb,
                     inputs=inputs,
                     spec_revision=getattr(args, "spec_revision", None),
+                    scope="trunk" if getattr(args, "trunk_only", False) else "full",
                     consume=True,  # the model was built for this check alone: no second copy of its weights
                     spec_cache=False,  # the spec recomputes each layer in its backward: peak memory over time
                 )

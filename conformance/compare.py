@@ -22,7 +22,9 @@ The recipe (docs/conformance.md; tolerance numbers in docs/tolerance.md), one na
    weight is exactly zero (a freshly built torchvision ViT) would make every gradient upstream
    of it exactly zero on both sides; the trunk is then also seeded with a cotangent at the head
    input, so its gradients are compared non-vacuously. A gradient group that is still exactly
-   zero on both sides is *not compared* (``ok=None``, with a note), never passed.
+   zero on both sides is *not compared* (``ok=None``, with a note), never passed. A trunk-only check
+   (``scope="trunk"``) ends at the head's input: the spec head is the identity, the model's ``output``
+   is its captured head input (graph kept) and both backwards start there; the head is not checked.
 5. **verdict**.
 
 The spec revision checked against (``spec_revision``, default the model's own revision for a
@@ -57,10 +59,11 @@ from vitspec._env import machine_info
 from vitspec.errors import ConfigError, MappingError, ShapeError, VitSpecError
 from vitspec.profiles import deviations as profile_deviations
 from vitspec.revisions import DEFAULT_REVISION, SpecRevision, get_revision
-from vitspec.schema import STAGES, grad_group, group_rank, stage_names, sub_op_order
+from vitspec.schema import STAGES, dim_sizes, grad_group, group_rank, stage_names, sub_op_order
 
+from .adapters.base import identity_head
 from .capture import Captured, capture, first_input
-from .report import GradResult, Report, StageResult, Status
+from .report import SCOPES, GradResult, Report, StageResult, Status
 from .tolerance import Policy, coarser, errors, grad_errors, group_scales, parse_dtype, policy
 
 __all__ = ["ProgressFn", "check", "environment"]
@@ -208,6 +211,7 @@ class _Context:
     own_copy: bool = True  # the adapter's model is the check's own copy (it may be released)
     spec_cache: bool = True  # the spec's backward reads its forward's activations (else it recomputes them)
     zero_head: bool = False  # the classifier weight is exactly zero (the trunk gets its own cotangent)
+    trunk: bool = False  # scope "trunk": the model's output is its head's input, and the head is left out
     sd_src: dict[str, Tensor] = field(default_factory=dict)  # the weights as given, in the spec's layout
     map_error: VitSpecError | None = None  # why they do not map (reported once the report is described)
     declared_pol: Policy | None = None  # the policy of a declared lower precision
@@ -236,6 +240,7 @@ def check(
     spec_revision: str | None = None,
     consume: bool = False,
     spec_cache: bool = True,
+    scope: str = "full",
 ) -> Report:
     """Check ``model`` against the executable spec; return a :class:`~conformance.report.Report`.
 
@@ -251,6 +256,9 @@ def check(
     model built only to be checked (the CLI does this): it saves a copy of the weights.
     ``spec_cache=False``: the spec keeps only each layer's input for its backward and recomputes the
     layer there (about one more spec forward of time, the activations' memory saved; the CLI does this).
+    ``scope="trunk"``: check everything up to the pooled features (the head's input) and leave the head
+    out, for a model whose only inexpressible part is its head (a pre-logits layer, a custom classifier);
+    the report says the head was not checked (docs/conformance.md, "Trunk-only checks").
     Never raises for a model problem: UNSUPPORTED / CRASH / NONFINITE / MISMATCH are statuses.
     Raises :class:`~vitspec.errors.ConfigError` for bad arguments (batch, dtype, device, inputs, revision).
     The check is run with autograd on even inside ``torch.inference_mode()`` / ``torch.no_grad()``.
@@ -269,7 +277,9 @@ def check(
         raise ConfigError("device 'cuda' requested but torch.cuda.is_available() is False")
     if spec_revision is not None:
         get_revision(spec_revision)  # an unknown revision is a bad argument (ConfigError), before any work
-    report = Report(Status.PASS, environment=environment(dev, dtype_name))
+    if scope not in SCOPES:
+        raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    report = Report(Status.PASS, environment=environment(dev, dtype_name), scope=scope)
     # A caller inside torch.inference_mode() still gets gradients checked: autograd is the check's own.
     with torch.inference_mode(False), torch.enable_grad():
         try:
@@ -287,6 +297,7 @@ def check(
                 inputs,
                 spec_revision,
                 consume,
+                scope == "trunk",
             )
             ctx.spec_cache = spec_cache
             _run_model(ctx)
@@ -322,15 +333,21 @@ def _prepare(
     inputs: Tensor | None,
     spec_revision: str | None = None,
     consume: bool = False,
+    trunk: bool = False,
 ) -> _Context:
     try:
         ad = _resolve_adapter(model, adapter, consume)
-        desc = ad.description()
+        desc = (ad.for_trunk() if trunk else ad).description()
     except VitSpecError as e:  # Unsupported (every reason at once), or detect() finding no adapter
         report.status, report.reason = Status.UNSUPPORTED, getattr(e, "reason", None) or str(e)
         report.notes.append(f"{type(e).__name__}: {e}")
+        if getattr(e, "head_only", False):
+            report.reason += _HEAD_ONLY
         raise _Done from None
     rev, desc = _against(desc, spec_revision, report)
+    head_params = _trunk_head_params(ad) if trunk and desc.has_head else []
+    if trunk:
+        desc = _trunk_description(desc, report)
     report.spec_revision = f"torchlean@{rev.name}"
     expected = (desc.in_c, desc.in_h, desc.in_w)
     if inputs is not None and tuple(inputs.shape[1:]) != expected:
@@ -388,14 +405,51 @@ def _prepare(
     io = _draw_inputs(desc, dev, tdtype, grads, batch, seed, inputs)
     ctx = _Context(report, ad, desc, pol, dev, tdtype, grads, step, io, batch=batch, revision=rev)
     ctx.own_copy = consume or ad.model is not model
+    ctx.trunk = trunk
+    if trunk and "head_W" in sd_src:  # the model's own head left out: the spec's logits are the pooled vector
+        ident = identity_head(cfg.num_classes, sd_src["head_W"])
+        sd_src.update({k: v for k, v in ident.items() if k in sd_src})  # a head without a bias stays without
+    if head_params:
+        report.notes.append("not compared (the scope excludes the head): " + ", ".join(head_params))
     ctx.sd_src, ctx.map_error = sd_src, map_error
-    _build_specs(ctx, keep_source=True)
+    _build_specs(ctx, validate=True)
     ctx.zero_head = _zero_head(ctx)
-    # Rebuilt after the model's run (_run_model): the spec and the model, with its autograd graph and
-    # its gradients, are not held at once (peak memory).
-    ctx.spec64 = ctx.native = None
+    # Built for real after the model's run (_run_model): the spec and the model, with its autograd graph
+    # and its gradients, are not held at once (peak memory).
+    ctx.spec64 = None
     step("mapped weights onto the spec")
     return ctx
+
+
+#: Appended to the reason of a model refused only for its head: the trunk can still be checked.
+_HEAD_ONLY = (
+    " (only the head is inexpressible: --trunk-only, or check(..., scope='trunk'), checks everything up to the "
+    "pooled features and leaves the head out)"
+)
+
+
+def _trunk_description(desc: Any, report: Report) -> Any:
+    """The description a trunk-only check compares: no head (the spec head is the identity, its logits
+    the pooled vector), so the check ends at the head's input. A model whose logits are not one head on
+    a pooled vector (DeiT-distilled: two heads on two tokens) has no such point: UNSUPPORTED."""
+    if desc.profile.head == "distilled":
+        report.status = Status.UNSUPPORTED
+        report.reason = "a trunk-only check needs one pooled vector before the head; a distilled model has two heads"
+        raise _Done
+    report.notes.append(
+        "scope trunk: everything up to the pooled features (the head's input) is compared; the head was not "
+        "checked, and the value model(x) returned was not compared"
+    )
+    if not desc.has_head:
+        return desc
+    pooled = dim_sizes(desc.cfg, desc.in_c, desc.in_h, desc.in_w, variant=desc.variant, profile=desc.profile)["pooled"]
+    cfg = dataclasses.replace(desc.cfg, num_classes=pooled)  # the identity head: pooled -> pooled
+    return dataclasses.replace(desc, cfg=cfg, has_head=False, synthetic=(*desc.synthetic, "head_W", "head_b"))
+
+
+def _trunk_head_params(ad: Any) -> list[str]:
+    """The library parameters that feed only the spec head (left out of a trunk-only check)."""
+    return [lib for lib, keys in ad.links() if keys and set(keys) <= {"head_W", "head_b"}]
 
 
 def _against(desc: Any, spec_revision: str | None, report: Report) -> tuple[SpecRevision, Any]:
@@ -424,13 +478,14 @@ def _against(desc: Any, spec_revision: str | None, report: Report) -> tuple[Spec
     return rev, dataclasses.replace(desc, profile=prof)
 
 
-def _build_specs(ctx: _Context, *, keep_source: bool = False) -> None:
+def _build_specs(ctx: _Context, *, validate: bool = False) -> None:
     """The spec model from the mapped weights in float64, in native mode also in the model's dtype, and in
     the coarsest dtype the model declares for an op (:func:`_declare_precision`).
 
     The weights are ``ctx.sd_src`` rounded to the check's dtype, exactly what the model's copy holds
-    (the adapter's maps are transposes, splits and permutes, which commute with rounding). Without
-    ``keep_source`` they are consumed one by one (peak memory)."""
+    (the adapter's maps are transposes, splits and permutes, which commute with rounding), consumed one
+    by one (peak memory). ``validate``: only whether the spec can be built (UNSUPPORTED if not), over
+    stride-0 zeros of the right shapes, which cost no memory; ``ctx.sd_src`` is kept."""
     from vitspec.models import ViTClsSpec, ViTSpec
 
     desc, report = ctx.desc, ctx.report
@@ -439,10 +494,11 @@ def _build_specs(ctx: _Context, *, keep_source: bool = False) -> None:
     try:
         if ctx.map_error is not None:
             raise ctx.map_error
-        sd64 = {
-            k: (src[k] if keep_source else src.pop(k)).to(device=ctx.dev, dtype=ctx.tdtype).to(torch.float64)
-            for k in list(src)
-        }
+        if validate:
+            zero = torch.zeros((), device=ctx.dev, dtype=torch.float64)
+            sd64 = {k: zero.expand(v.shape) for k, v in src.items()}
+        else:
+            sd64 = {k: src.pop(k).to(device=ctx.dev, dtype=ctx.tdtype).to(torch.float64) for k in list(src)}
         ctx.spec64 = spec_cls.from_state_dict(desc.cfg, desc.in_c, desc.in_h, desc.in_w, sd64, profile=desc.profile)
     except MappingError as e:
         names = [*e.missing, *e.unexpected, *e.mismatched]
@@ -453,6 +509,8 @@ def _build_specs(ctx: _Context, *, keep_source: bool = False) -> None:
     except VitSpecError as e:
         report.status, report.reason = Status.UNSUPPORTED, f"the spec cannot express this model: {e}"
         raise _Done from None
+    if validate:
+        return
     if ctx.pol.dtype != "float64":
         ctx.native = _low_ref(ctx, ctx.pol.dtype, ctx.pol)
     if ctx.declared_pol is not None:
@@ -558,7 +616,7 @@ def _draw_inputs(
         x64 = torch.randn((batch, desc.in_c, desc.in_h, desc.in_w), generator=gen, dtype=torch.float64)
     else:
         x64 = inputs.detach().to(device="cpu", dtype=torch.float64)
-    out_dim = desc.cfg.num_classes if desc.has_head else desc.cfg.embed_dim
+    out_dim = desc.cfg.num_classes  # without a head (or in a trunk-only check) the identity head's: pooled width
     cot64 = torch.randn((batch, out_dim), generator=gen, dtype=torch.float64)
     x_m = x64.to(device=dev, dtype=tdtype)
     cot_m = cot64.to(device=dev, dtype=tdtype)
@@ -606,6 +664,10 @@ def _run_model(ctx: _Context) -> None:
         raise _Done
     report.notes += cap.notes
     report.notes += [f"{n}: module ran {cap.calls[n]} times; the first call was compared" for n in cap.repeated]
+    if ctx.trunk and (out := _trunk_output(ctx, live, cap)) is None:
+        report.status, report.forward_ok = Status.UNSUPPORTED, False
+        report.reason = f"trunk only: the head's input ({_head_input_stage(ctx)}) was not captured, nothing to compare"
+        raise _Done
     if not isinstance(out, Tensor):
         report.status, report.forward_ok = Status.CRASH, False
         report.reason = f"the model returned {type(out).__name__}, not a tensor of logits (after the adapter's run)"
@@ -640,16 +702,29 @@ def _zero_head(ctx: _Context) -> bool:
     """Whether the trunk needs its own cotangent: a classifier whose weight is exactly zero makes every
     gradient upstream of the head exactly zero on both sides, a comparison that proves nothing."""
     p = ctx.desc.profile
-    head_w = ctx.spec64.state_dict().get("head_W")
+    head_w = ctx.sd_src.get("head_W")
     return bool(ctx.grads and ctx.desc.has_head and p.head != "distilled" and head_w is not None and not head_w.any())
 
 
+def _head_input_stage(ctx: _Context) -> str:
+    """The stage whose tensor the head consumes: the pooled vector, or its norm when that comes after pooling."""
+    return "final_norm" if ctx.desc.profile.final_norm == "after_pool" else "pool"
+
+
 def _seed_points(ctx: _Context) -> tuple[Any, ...]:
-    """The capture points of the head input when the trunk needs its own cotangent, else none."""
-    if not ctx.zero_head:
+    """The capture points of the head input when the trunk needs its own cotangent or is the output
+    (a trunk-only check), else none."""
+    if not (ctx.zero_head or ctx.trunk):
         return ()
-    stage = "final_norm" if ctx.desc.profile.final_norm == "after_pool" else "pool"
-    return tuple(ctx.adapter.capture_points().get(stage, ()))
+    return tuple(ctx.adapter.capture_points().get(_head_input_stage(ctx), ()))
+
+
+def _trunk_output(ctx: _Context, live: list[Tensor], cap: Captured) -> Tensor | None:
+    """What a trunk-only check compares as the model's output: the head's input as the model computed it
+    (with its autograd graph when gradients are checked, so the backward starts there)."""
+    if live:
+        return live.pop(0)
+    return cap.tensors.get(_head_input_stage(ctx))
 
 
 def _keep_live(point: Any, live: list[Tensor]) -> torch.utils.hooks.RemovableHandle:
@@ -763,6 +838,10 @@ def _top_stages(ctx: _Context, *, sub_ops: bool = False) -> list[str]:
     )
 
 
+#: The source of the ``output`` stage in a trunk-only check.
+_TRUNK_OUTPUT = "the head's input (pooled features); model(x) not compared: the scope excludes the head"
+
+
 def _precision_of(ctx: _Context, name: str, order: list[str]) -> tuple[str | None, str | None]:
     """``(propagated, isolated)`` declared precision of a stage.
 
@@ -786,7 +865,9 @@ def _compare(ctx: _Context, name: str, order: list[str]) -> StageResult:
         return StageResult(name, captured=False, note=cap.missing_reason(name))
     if rt is None:
         return StageResult(name, note="the spec did not produce this stage")
-    source = "the value model(x) returned" if name == OUTPUT else cap.sources.get(name, "")
+    source = cap.sources.get(name, "")
+    if name == OUTPUT:
+        source = _TRUNK_OUTPUT if ctx.trunk else "the value model(x) returned"
     prec_prop, prec_iso = _precision_of(ctx, name, order)
     if tuple(mt.shape) != tuple(rt.shape):
         note = f"shape {tuple(mt.shape)} != spec {tuple(rt.shape)}"
@@ -797,7 +878,9 @@ def _compare(ctx: _Context, name: str, order: list[str]) -> StageResult:
     lowp = errors(lt, rt).rel if lt is not None and lt.shape == rt.shape else None
     ok, tol = (ref.pol if ref is not None else ctx.pol).judge(e.rel, lowp)
     note = ""
-    if not _finite(mt):
+    if math.isfinite(e.max_abs):  # a finite difference everywhere: both sides are finite
+        pass
+    elif not _finite(mt):
         note = "model produced non-finite values"
     elif not _finite(rt):
         ok, note = False, "spec reference is non-finite"
@@ -846,7 +929,7 @@ def _first_failure(results: list[StageResult]) -> StageResult | None:
 def _compare_forward(ctx: _Context) -> None:
     report = ctx.report
     top = _top_stages(ctx)
-    if not ctx.desc.has_head:
+    if not ctx.desc.has_head and not ctx.trunk:
         report.notes.append("the model has no classification head: compared through the pooled vector")
     order = _top_stages(ctx, sub_ops=True)
     for name in top:

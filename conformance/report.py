@@ -23,6 +23,7 @@ from vitspec._fs import atomic_write, atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "SCHEMA_VERSION",
+    "SCOPES",
     "GradResult",
     "Report",
     "StageResult",
@@ -34,7 +35,14 @@ __all__ = [
 
 #: Bumped when a field changes meaning; ``from_json`` refuses other major versions.
 #: 2: the ``output`` stage, isolated errors (``isolated_*``), ``source`` and ``precision`` per stage.
-SCHEMA_VERSION = 2
+#: 3: ``scope`` ("trunk": a PASS says nothing about the head, so a reader of 2 must not take it for a full PASS).
+SCHEMA_VERSION = 3
+#: Schema versions ``from_json`` reads: a version-2 report is a full check (``scope="full"``).
+_READS = (2, SCHEMA_VERSION)
+
+#: What a check compares: ``full`` (every stage, the head and the value model(x) returned) or ``trunk``
+#: (everything up to the pooled features; the head left out).
+SCOPES = ("full", "trunk")
 
 
 class Status(StrEnum):
@@ -177,7 +185,8 @@ class Report:
     block), ``grads``, ``deviations`` (the model's variation points vs the torchlean spec),
     ``description``, ``tolerance`` (the policy and its numbers), ``notes``, ``environment``,
     ``elapsed_s``, ``reason`` (one line: why any status other than PASS), ``spec_revision`` (the
-    TorchLean revision checked against, e.g. ``torchlean@b2a2184``; the deviations are relative to it).
+    TorchLean revision checked against, e.g. ``torchlean@b2a2184``; the deviations are relative to it),
+    ``scope`` (``"full"``, or ``"trunk"``: the head was not checked, :data:`SCOPES`).
     """
 
     status: Status
@@ -197,6 +206,7 @@ class Report:
     elapsed_s: float = 0.0
     reason: str = ""
     spec_revision: str = ""
+    scope: str = "full"
     schema: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -247,7 +257,7 @@ class Report:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:
         schema = int(data.get("schema", SCHEMA_VERSION))
-        if schema != SCHEMA_VERSION:
+        if schema not in _READS:
             raise ValueError(f"report schema {schema} is not supported (this version reads {SCHEMA_VERSION})")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in names}
@@ -265,7 +275,7 @@ class Report:
     def headline(self) -> str:
         d = self.description
         who = f"{d.get('library', '?')}:{d.get('model_name', '?')}" if d else "model"
-        head = f"{self.status.value}: {who}"
+        head = f"{self.status.value}{self.scope_label()}: {who}"
         if self.first_divergence:
             sub = f" (sub-op {self.first_divergence_subop})" if self.first_divergence_subop else ""
             head += f" — first divergence at {self.first_divergence}{sub}"
@@ -275,9 +285,22 @@ class Report:
             head += f" — {self.reason.splitlines()[0]}"
         return head
 
+    def scope_label(self) -> str:
+        """`` (trunk only: the head was not checked)`` for a trunk-only check (a PASS says nothing about the
+        head), else empty."""
+        if self.scope != "trunk":
+            return ""
+        return " (trunk only: the head was not checked)" if self.status is Status.PASS else " (trunk only)"
+
     def to_markdown(self) -> str:
         """Headline, description, deviations, stage table, gradient table, notes."""
         lines = [f"# Conformance report: {self.status.value}", "", f"**{self.headline()}**", ""]
+        if self.scope == "trunk":
+            lines += [
+                "Scope: **trunk only**. Everything up to the pooled features was compared; the head was not "
+                "checked, and the value model(x) returned was not compared.",
+                "",
+            ]
         if self.reason:
             lines += ["```", self.reason.rstrip(), "```", ""]
         if self.description:

@@ -167,7 +167,11 @@ def group_scales(ref: Mapping[str, torch.Tensor], group_of: Callable[[str], str]
     out: dict[str, float] = {}
     for k, t in ref.items():
         g = group_of(k)
-        out[g] = max(out.get(g, 0.0), float(t.detach().abs().max()) if t.numel() else 0.0)
+        if t.numel():  # max |t| in one pass without a temporary (NaN propagates through maximum)
+            lo, hi = torch.aminmax(t.detach())
+            out[g] = max(out.get(g, 0.0), float(torch.maximum(-lo, hi)))
+        else:
+            out.setdefault(g, 0.0)
     return out
 
 

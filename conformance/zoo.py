@@ -89,6 +89,7 @@ class Entry:
     perturb: Perturbation
     features: tuple[str, ...] = ("vanilla",)
     options: tuple[tuple[str, Any], ...] = ()  # adapter keyword arguments (vit-pytorch's input_hw)
+    scope: str = "full"  # "trunk": check(..., scope="trunk"), the head left out; its status says so
 
 
 # -- builders (small: 2 blocks, width 32, 2 heads, images of at most 32x32) -------------------------
@@ -412,6 +413,14 @@ ZOO: tuple[Entry, ...] = (
         _TV_MLP,
         ("pre_logits_head",),
     ),
+    E(
+        "torchvision-representation-trunk",
+        "torchvision",
+        partial(_tv, representation_size=16),
+        _TV_MLP,
+        ("pre_logits_head",),
+        scope="trunk",
+    ),
     # HF transformers
     E("hf-vit", "hf", partial(_hf, "ViTForImageClassification", "ViTConfig"), _hf_mlp("vit")),
     E(
@@ -665,8 +674,10 @@ def run_entry(entry: Entry, *, seed: int = 0, perturb: bool = True) -> Result:
         model = _build(entry, seed)
     except Exception as e:  # any library error building the config is a zoo result, not a crash
         return Result(entry, "BUILD-ERROR", f"{type(e).__name__}: {e}".splitlines()[0], verdict="not run")
-    report = check(model, seed=seed, adapter=_adapter(entry, model))
-    res = Result(entry, str(report.status), report.reason.splitlines()[0] if report.reason else "")
+    report = check(model, seed=seed, adapter=_adapter(entry, model), scope=entry.scope)
+    res = Result(
+        entry, str(report.status) + report.scope_label(), report.reason.splitlines()[0] if report.reason else ""
+    )
     if report.status == Status.MISMATCH:
         res.reason = f"unmodified model diverges at {_divergence(report)}"
     if report.status != Status.PASS:
@@ -674,7 +685,7 @@ def run_entry(entry: Entry, *, seed: int = 0, perturb: bool = True) -> Result:
     elif perturb:
         bad = _build(entry, seed)
         entry.perturb(bad)
-        rp = check(bad, seed=seed, adapter=_adapter(entry, bad))
+        rp = check(bad, seed=seed, adapter=_adapter(entry, bad), scope=entry.scope)
         if rp.status == Status.PASS:
             res.perturbed, res.verdict = "PASS", "MISSED (false PASS)"
         else:
@@ -719,7 +730,8 @@ def zoo_markdown(results: Sequence[Result]) -> str:
         "tensors a library initialises to one constant, such as torchvision's zero head, are re-drawn around it),",
         "checked in float64 on the CPU, forward and gradients. When it PASSes unmodified, a functional",
         f"perturbation (one submodule's output scaled by {FACTOR:g} through a forward hook) is checked too",
-        "and must be caught at the stage and sub-op in the *expected* column.",
+        "and must be caught at the stage and sub-op in the *expected* column. A status that says *trunk only*",
+        'is a trunk-only check (`scope="trunk"`): everything up to the pooled features, the head not checked.',
         "",
         f"Libraries: {_versions()}.",
         "",

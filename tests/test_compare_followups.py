@@ -161,3 +161,64 @@ def test_released_model_copy_leaves_the_callers_model_intact() -> None:
     assert check(m).status is Status.PASS
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     assert torch.equal(m(x), y)
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+TINY = "timm:vit_tiny_patch16_224?img_size=32&patch_size=8&depth=2&embed_dim=32&num_heads=4&mlp_ratio=2&num_classes=5"
+
+
+def test_cli_spec_revision_is_in_the_reports(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from conformance import cli
+
+    js, md = tmp_path / "r.json", tmp_path / "r.md"
+    code = cli.main([TINY, "--spec-revision", "torchlean@411682f", "--json", str(js), "--markdown", str(md), "-q"])
+    assert code == 0, capsys.readouterr()
+    r = Report.from_json(js.read_text())
+    assert r.spec_revision == "torchlean@411682f" and "head split: reshape_swap (spec: direct_reshape)" in r.deviations
+    assert "revision `torchlean@411682f`" in md.read_text()
+
+
+def test_cli_unknown_spec_revision_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from conformance import cli
+
+    assert cli.main([TINY, "--spec-revision", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown spec revision" in err and "Traceback" not in err
+
+
+def test_consume_checks_the_model_itself_and_releases_it() -> None:
+    m = tiny()
+    r = check(m, consume=True, spec_cache=False)
+    assert r.status is Status.PASS, r.reason
+    # the model was checked in place (float64) and its weights released: it is not to be used again
+    w = m.patch_embed.proj.weight
+    assert w.dtype == torch.float64 and w.untyped_storage().nbytes() <= 8
+
+
+# -- the benchmark summary: cold beside warm --------------------------------------------------
+def test_conformance_summary_judges_the_cold_ratio(tmp_path: Any) -> None:
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "summarize.py"
+    spec = importlib.util.spec_from_file_location("bench_summarize_followups", path)
+    assert spec is not None and spec.loader is not None
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+
+    def t(median: float, low: float) -> dict[str, float]:
+        return {"median_s": median, "min_s": low}
+
+    result = {
+        "machine": {"date": "2026-01-02T03:04:05+00:00", "python": "3.11.7", "torch": "2.14.1", "cpu_count": 2},
+        "model": "vit_base_patch16_224", "batch": 2, "dtype": "float64", "device": "cpu", "reps": 3, "cold_reps": 3,
+        "cold": {"check": t(30.0, 25.0), "autograd_fwd_bwd": t(10.0, 9.0)},
+        "times": {"check": t(20.0, 19.0), "autograd_fwd_bwd": t(10.0, 9.5)},
+        "ratio_cold": 3.0, "ratio_cold_min": 25.0 / 9.0, "ratio": 2.0, "target": 2.5, "check_status": "PASS",
+    }  # fmt: skip
+    (tmp_path / "conformance_cpu.json").write_text(json.dumps(result))
+    text = summarize.render_conformance(tmp_path)
+    # the warm ratio (2.0) would pass; the verdict is on the cold one (3.0)
+    assert "| 30.0 s (25.0 s) | 10.0 s (9.00 s) | 3.00; 2.78 |" in text and "| ≤ 2.5 | MISS |" in text
+    assert "3 cold / 3 warm" in text

@@ -4,6 +4,7 @@ beside any torch. Each test names the defect it pins down."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -30,10 +31,9 @@ from vitspec.models import load
 
 pytest_plugins = ["pytester"]  # the plugin tests run pytest in-process
 
-try:  # imported before any pytester snapshot of sys.modules: a re-import re-registers torch operators
+# Imported before any pytester snapshot of sys.modules: a re-import re-registers torch operators.
+with contextlib.suppress(ImportError):
     import timm  # noqa: F401
-except ImportError:
-    pass
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -434,7 +434,6 @@ def test_empty_target_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
         ("exits", "sys.exit(0)"),
         ("hook_exits", "sys.exit(0)"),
         ("forward_exits", "sys.exit(0)"),
-        ("nocopy", "cannot be deep-copied"),
     ],
 )
 def test_factory_and_model_failures_exit_2_with_one_line(
@@ -443,6 +442,24 @@ def test_factory_and_model_failures_exit_2_with_one_line(
     code, out, err = _conform(capsys, [f"{factories}:{factory}", "--no-grads"])
     assert code == 2, out + err
     assert needle in err and _one_line_error(err)
+
+
+def test_a_model_that_cannot_be_deep_copied(capsys: pytest.CaptureFixture[str], factories: Path) -> None:
+    # The CLI checks the model it built in place, so no copy is needed there.
+    code, out, err = _conform(capsys, [f"{factories}:nocopy", "--no-grads"])
+    assert code == 0 and out.startswith("PASS"), out + err
+    # check() copies by default: the refusal is a status with the cause and the way out, never an exception.
+    import importlib.util
+
+    from conformance import check
+
+    spec = importlib.util.spec_from_file_location("hardening_factories", factories)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    r = check(mod.nocopy(), grads=False)
+    assert r.status == "UNSUPPORTED" and "cannot be deep-copied" in r.reason and "consume=True" in r.reason
+    assert check(mod.nocopy(), grads=False, consume=True).ok
 
 
 def test_module_level_sys_exit_is_a_usage_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -25,7 +25,6 @@ from .schema import HeadSplit, PatchOut
 __all__ = ["DEFAULT_REVISION", "REVISIONS", "LeanCitation", "SpecRevision", "get_revision"]
 
 
-
 @dataclass(frozen=True)
 class LeanCitation:
     """Where a fact was read: ``repo`` at ``commit`` (40 hex digits), ``file``, ``definition``."""

@@ -80,12 +80,15 @@ class Unsupported(VitSpecError):  # noqa: N818 -- name fixed by the contract
     """The model uses a feature the spec cannot express (register tokens, layer scale, ...).
 
     ``reason`` says which feature and where; ``library`` names the adapter that refused.
+    ``head_only``: only the classification head is inexpressible (a pre-logits layer, a custom
+    head), so a trunk-only check (``check(..., scope="trunk")``) can still compare the rest.
     The harness reports it instead of comparing, so nothing passes silently.
     """
 
-    def __init__(self, reason: str, *, library: str = "") -> None:
+    def __init__(self, reason: str, *, library: str = "", head_only: bool = False) -> None:
         self.reason = reason
         self.library = library
+        self.head_only = head_only
         super().__init__(f"{library}: unsupported: {reason}" if library else f"unsupported: {reason}")
 
 
@@ -93,8 +96,9 @@ class Unsupported(VitSpecError):  # noqa: N818 -- name fixed by the contract
 _LAYER_INDEX = re.compile(r"(?<=[._])(\d+)(?=[.:\s]|$)")
 
 
-def raise_unsupported(problems: Sequence[str], library: str) -> None:
-    """Raise one :class:`Unsupported` listing ``problems`` (no-op when empty).
+def raise_unsupported(problems: Sequence[str], library: str, *, head_only: bool = False) -> None:
+    """Raise one :class:`Unsupported` listing ``problems`` (no-op when empty; ``head_only``: they are all
+    in the classification head).
 
     The same problem in many layers is said once: ``blocks.0: layer scale`` ... ``blocks.11: layer
     scale`` becomes ``blocks.{0..11}: layer scale``.
@@ -116,7 +120,7 @@ def raise_unsupported(problems: Sequence[str], library: str) -> None:
         else:
             span = "{" + ",".join(map(str, nums)) + "}"
         parts.append(key.replace("\0", span))
-    raise Unsupported("; ".join(parts), library=library)
+    raise Unsupported("; ".join(parts), library=library, head_only=head_only)
 
 
 @dataclass(frozen=True)
@@ -653,6 +657,18 @@ def overridden(model: nn.Module, base: type, methods: Iterable[str]) -> list[str
 
 
 # -- the adapter interface ---------------------------------------------------------------
+def _deep_copy(model: nn.Module, library: str) -> nn.Module:
+    """The adapter's own copy of ``model``; a model that refuses to be copied is a status, not a crash."""
+    try:
+        return _copy.deepcopy(model)
+    except Exception as e:
+        raise Unsupported(
+            f"the model cannot be deep-copied ({type(e).__name__}: {e}); check it in place with "
+            "check(..., consume=True), as `vitspec conform` does",
+            library=library,
+        ) from e
+
+
 class Adapter(ABC):
     """One library's view of a ViT (docs/architecture.md, "Adapters").
 
@@ -664,9 +680,19 @@ class Adapter(ABC):
 
     name: ClassVar[str]
     _desc: Description | None = None
+    #: Describing the model for a trunk-only check (:meth:`for_trunk`): an adapter that can tell its head
+    #: apart then describes a model whose only inexpressible part is the head as headless (``has_head=False``,
+    #: the head's parameters ignored) instead of raising a ``head_only`` :class:`Unsupported`.
+    trunk: bool = False
 
     def __init__(self, model: nn.Module, *, copy: bool = True) -> None:
-        self.model: nn.Module = (_copy.deepcopy(model) if copy else model).eval()
+        self.model: nn.Module = (_deep_copy(model, type(self).name) if copy else model).eval()
+
+    def for_trunk(self) -> Adapter:
+        """This adapter, describing the model for a trunk-only check (what was cached is recomputed)."""
+        self.trunk = True
+        self._desc = None
+        return self
 
     @classmethod
     @abstractmethod
@@ -741,6 +767,10 @@ class RuleAdapter(Adapter):
     def synthetic(self, like: Tensor) -> dict[str, Tensor]:
         """Spec keys with no library counterpart (``Description.synthetic``), as ``like``'s dtype/device."""
         return {}
+
+    def for_trunk(self) -> Adapter:
+        self._rules = None  # the rules follow the description
+        return super().for_trunk()
 
     def rules(self) -> list[Rule]:
         """:meth:`key_map`, cached, and checked against the spec keys the description implies."""

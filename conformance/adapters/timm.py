@@ -153,11 +153,12 @@ class TimmAdapter(RuleAdapter):
         norm_on, fc_norm_on = not isinstance(m.norm, nn.Identity), not isinstance(m.fc_norm, nn.Identity)
         if norm_on and fc_norm_on:
             bad.append("both norm and fc_norm are active (the spec has one final norm)")
+        head_bad: list[str] = []  # only the head: a trunk-only check (self.trunk) leaves it out
         if not isinstance(getattr(m, "pre_logits", nn.Identity()), nn.Identity):
-            bad.append("pre_logits (representation layer before the head)")
+            head_bad.append("pre_logits (representation layer before the head)")
         has_head = not isinstance(m.head, nn.Identity)
         if has_head and not (isinstance(m.head, nn.Linear) and m.head.bias is not None):
-            bad.append(f"head is {type(m.head).__name__}, not nn.Linear with bias")
+            head_bad.append(f"head is {type(m.head).__name__}, not nn.Linear with bias")
         # Blocks: structure, and every block's own numerics (nothing inferred from block 0).
         blocks = list(m.blocks)
         per_layer = self._read_blocks(blocks, e, bad)
@@ -172,14 +173,17 @@ class TimmAdapter(RuleAdapter):
                     per_layer.eps[what] = check_norm(mod, what, e, self.name)
                 except Unsupported as err:
                     bad.append(err.reason)
-        raise_unsupported(bad, self.name)
+        if bad or not self.trunk:
+            raise_unsupported([*bad, *head_bad], self.name, head_only=not bad)
+        has_head = has_head and not head_bad
+        notes_head = [f"trunk only: the head is not expressible ({why}); it is not checked" for why in head_bad]
         assert geometry is not None
         in_c, ph, pw, stride, padding, in_h, in_w = geometry
 
         p0 = PROFILES["timm"]
         eps, notes = consensus(per_layer.eps, p0.ln_eps, "LayerNorm eps")
         act, act_notes = consensus(per_layer.act, p0.activation, "activation")
-        notes += act_notes + per_layer.notes
+        notes += act_notes + per_layer.notes + notes_head
         final_norm: FinalNorm = "before_pool" if norm_on else "after_pool" if fc_norm_on else "none"
         cls_token = m.cls_token is not None
         pooling: Pooling | None = (
@@ -234,7 +238,7 @@ class TimmAdapter(RuleAdapter):
                     "F.scaled_dot_product_attention (fused_attn=True)" if fused else "manual softmax (fused_attn=False)"
                 ),
             )
-        if not has_head:
+        if not has_head and not head_bad:
             notes.append("num_classes=0: no classifier; the spec head is the identity, logits = pooled features")
         if dynamic:
             notes.append("dynamic_img_size=True: checked at the native grid, where timm leaves its position table "
@@ -493,6 +497,13 @@ class TimmAdapter(RuleAdapter):
             rules += [
                 Rule("head.weight", ("head_W",), (c.num_classes, e), copy),
                 Rule("head.bias", ("head_b",), (c.num_classes,), copy),
+            ]
+        else:  # an inexpressible head in a trunk-only check (num_classes=0 has no parameters here)
+            why = "the head is not expressible; a trunk-only check leaves it out"
+            rules += [
+                Rule.ignore(n, t.shape, why)
+                for n, t in self.model.named_parameters()
+                if n.startswith(("head.", "pre_logits."))
             ]
         if p.head == "distilled":
             rules += [

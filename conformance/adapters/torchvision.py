@@ -15,15 +15,16 @@ Quirks this adapter handles:
   fused "fast path" kernel; that is the attention as shipped.
 - ``MLPBlock`` is ``Sequential(Linear, GELU, Dropout, Linear, Dropout)`` (``mlp.0``/``mlp.3``).
 - ``encoder.ln`` is the final norm over all tokens; ``heads`` is ``Sequential(head=Linear)``, or
-  ``pre_logits + Tanh + head`` with ``representation_size`` (not expressible). The pooled
-  vector (token 0) is the input of ``heads``.
+  ``pre_logits + Tanh + head`` with ``representation_size`` (not expressible: a ``head_only``
+  Unsupported, so a trunk-only check compares everything up to the pooled vector and leaves the
+  head's parameters out). The pooled vector (token 0) is the input of ``heads``.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from torch import nn
+from torch import Tensor, nn
 
 from vitspec.config import ViTConfig
 from vitspec.profiles import PROFILES
@@ -44,6 +45,7 @@ from .base import (
     copy,
     find_base,
     flatten_grid,
+    identity_head,
     inp,
     layer_rules,
     layer_taps,
@@ -106,15 +108,11 @@ class TorchvisionAdapter(RuleAdapter):
             bad.append(f"{type(m).__name__} redefines {', '.join(redefined)}")
         if not isinstance(m.conv_proj, nn.Conv2d):
             bad.append(f"conv stem (conv_proj is {type(m.conv_proj).__name__}, conv_stem_configs)")
-        heads_seq = m.heads
-        names = [n for n, _ in heads_seq.named_children()]
-        if names != ["head"]:
-            extra = "pre_logits + tanh, representation_size" if "pre_logits" in names else ", ".join(names)
-            bad.append(f"heads has layers before the classifier ({extra})")
-        elif not (isinstance(heads_seq.head, nn.Linear) and heads_seq.head.bias is not None):
-            bad.append(f"heads.head is {type(heads_seq.head).__name__}, not nn.Linear with bias")
+        head_bad = self._head_problems()
         if not _is(m.encoder, "Encoder"):
-            raise_unsupported([*bad, f"encoder is {type(m.encoder).__name__} (only torchvision Encoder)"], self.name)
+            raise_unsupported(
+                [*bad, *head_bad, f"encoder is {type(m.encoder).__name__} (only torchvision Encoder)"], self.name
+            )
         e = int(m.hidden_dim)
         geometry = (0,) * 6
         if isinstance(m.conv_proj, nn.Conv2d):
@@ -128,7 +126,8 @@ class TorchvisionAdapter(RuleAdapter):
             r.eps["encoder.ln"] = check_layer_norm(m.encoder.ln, "encoder.ln", e, self.name)
         except Unsupported as err:
             bad.append(err.reason)
-        raise_unsupported(bad, self.name)
+        if bad or not self.trunk:  # a trunk-only check leaves an inexpressible head out
+            raise_unsupported([*bad, *head_bad], self.name, head_only=not bad)
         _, in_c, ph, pw, stride, padding = geometry
         p0 = PROFILES["torchvision"]
         eps, notes = consensus(r.eps, p0.ln_eps, "LayerNorm eps")
@@ -136,7 +135,9 @@ class TorchvisionAdapter(RuleAdapter):
         qkv_bias = r.qkv_bias if layers else p0.qkv_bias
         profile = p0.replace(ln_eps=eps, activation=act, qkv_bias=qkv_bias, out_bias=qkv_bias)
         heads, hidden = r.heads, r.hidden
-        cfg = ViTConfig(ph, pw, stride, padding, e, hidden, heads, len(layers), m.heads.head.out_features)
+        has_head = not head_bad  # else a trunk-only check (self.trunk): the spec head is the identity
+        classes = m.heads.head.out_features if has_head else e
+        cfg = ViTConfig(ph, pw, stride, padding, e, hidden, heads, len(layers), classes)
         size = int(m.image_size)
         return Description(
             library=self.name,
@@ -147,13 +148,32 @@ class TorchvisionAdapter(RuleAdapter):
             in_w=size,
             variant="cls",
             profile=profile,
+            has_head=has_head,
             notes=(
                 "attention as shipped: nn.MultiheadAttention (may use the fused fast path in eval)",
                 *notes,
                 *act_notes,
                 *r.notes,
+                *[f"trunk only: the head is not expressible ({why}); it is not checked" for why in head_bad],
             ),
+            synthetic=() if has_head else ("head_W", "head_b"),
         )
+
+    def _head_problems(self) -> list[str]:
+        """Why the spec cannot express ``heads`` (a pre-logits layer, a custom classifier); empty if it can.
+
+        Outside a trunk-only check they make the model UNSUPPORTED (``head_only`` when nothing else is off)."""
+        heads_seq: Any = self.model.heads
+        names = [n for n, _ in heads_seq.named_children()]
+        if names != ["head"]:
+            extra = "pre_logits + tanh, representation_size" if "pre_logits" in names else ", ".join(names)
+            return [f"heads has layers before the classifier ({extra})"]
+        if not (isinstance(heads_seq.head, nn.Linear) and heads_seq.head.bias is not None):
+            return [f"heads.head is {type(heads_seq.head).__name__}, not nn.Linear with bias"]
+        return []
+
+    def synthetic(self, like: Tensor) -> dict[str, Tensor]:
+        return identity_head(self.description().cfg.embed_dim, like)
 
     def _check_layers(self, layers: list[tuple[str, Any]], e: int, bad: list[str]) -> PerLayer:
         """Every layer's structure and own numerics (eps of each norm, activation, biases)."""
@@ -216,6 +236,10 @@ class TorchvisionAdapter(RuleAdapter):
         for i, (name, _) in enumerate(self._layers()):
             rules += layer_rules(_layer(name), i, embed=e, hidden=f, attn=a, profile=p)
         rules += norm_rules("encoder.ln", "final_norm", e)
+        if not d.has_head:  # a trunk-only check of an inexpressible head: its parameters are left out
+            why = "the head is not expressible; a trunk-only check leaves it out"
+            heads: Any = self.model.heads
+            return rules + [Rule.ignore(f"heads.{n}", t.shape, why) for n, t in heads.named_parameters()]
         rules += [
             Rule("heads.head.weight", ("head_W",), (c.num_classes, e), copy),
             Rule("heads.head.bias", ("head_b",), (c.num_classes,), copy),
@@ -234,7 +258,8 @@ class TorchvisionAdapter(RuleAdapter):
             t.update(layer_taps(_layer(name), i, after[i]))
         t["final_norm"] = [out("encoder.ln")]
         t["pool"] = [inp("heads")]
-        t["head"] = [out("heads")]
+        if self.description().has_head:
+            t["head"] = [out("heads")]
         return t
 
 
