@@ -32,6 +32,7 @@ from vitspec.argtypes import (
     positive_int,
     seed_int,
 )
+from vitspec.cli import EXIT_FAIL, EXIT_OK, EXIT_TIMEOUT, EXIT_UNSUPPORTED, EXIT_USAGE
 
 if TYPE_CHECKING:
     from .report import Report
@@ -49,7 +50,6 @@ __all__ = [
     "run",
 ]
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 EXIT_STATUS = (
     "exit status: 0 conformant, 1 not conformant (MISMATCH/NONFINITE/CRASH), 2 usage error (bad flags, "
     "unwritable output, a target that cannot be found or built, not enough memory), 3 the spec cannot "

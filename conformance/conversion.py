@@ -46,13 +46,14 @@ import torch
 from torch import Tensor, nn
 
 from vitspec._fs import atomic_write_bytes
+from vitspec.cli import EXIT_FAIL, EXIT_OK, EXIT_UNSUPPORTED, EXIT_USAGE
 from vitspec.config import ViTConfig
 from vitspec.errors import VitSpecError
 from vitspec.profiles import Profile
 
 from .adapters import RuleAdapter, Unsupported, detect
 from .adapters.base import Adapter, Description, Rule
-from .diff import Comparison, build_operand, compare_models
+from .diff import Comparison, build_operand, compare_models, differing_fields, spec_bundle
 
 __all__ = [
     "BUILDERS",
@@ -81,8 +82,6 @@ __all__ = [
 LIBRARIES = ("timm", "hf", "torchvision", "vit_pytorch")
 #: The safetensors metadata entry holding the description the file's model was built from.
 METADATA_KEY = "vitspec.description"
-#: Profile fields that describe a profile rather than what it computes.
-_LABEL_FIELDS = ("name", "source", "revision")
 
 
 class ConvertError(VitSpecError):
@@ -113,10 +112,7 @@ class ConversionMismatchError(ConvertError):
         super().__init__(message)
 
 
-# -- 1. the source as a spec bundle ------------------------------------------------------------
-def spec_bundle(adapter: Any) -> dict[str, Tensor]:
-    """The adapter's model parameters mapped onto spec keys, detached, in their own dtype and device."""
-    return dict(adapter.to_spec({k: v.detach() for k, v in adapter.model.named_parameters()}))
+# -- 1. the source as a spec bundle: ``spec_bundle`` (one definition, in :mod:`.diff`) ----------------
 
 
 # -- 2. build the target -------------------------------------------------------------------------
@@ -290,23 +286,8 @@ def build_for(d: Description, to: str, *, seed: int = 0) -> nn.Module:
 def expressible(source: Description, target: Description) -> list[str]:
     """Every architecture field and variation point where ``target`` differs from ``source``, one line each:
     ``"field: source value (<target library>: its value)"``; empty when the target computes the same."""
-    lib = target.library
-    out = [
-        f"cfg.{f.name}: {getattr(source.cfg, f.name)} ({lib}: {getattr(target.cfg, f.name)})"
-        for f in dataclasses.fields(ViTConfig)
-        if getattr(source.cfg, f.name) != getattr(target.cfg, f.name)
-    ]
-    if source.input_shape != target.input_shape:
-        out.append(f"input size: {source.input_shape} ({lib}: {target.input_shape})")
-    if source.variant != target.variant:
-        out.append(f"variant: {source.variant} ({lib}: {target.variant})")
-    if source.has_head != target.has_head:
-        out.append(f"classifier head: {source.has_head} ({lib}: {target.has_head})")
-    for f in dataclasses.fields(Profile):
-        a, b = getattr(source.profile, f.name), getattr(target.profile, f.name)
-        if f.name not in _LABEL_FIELDS and a != b:
-            out.append(f"{f.name}: {a} ({lib}: {b})")
-    return out
+    arch, points = differing_fields(source, target)
+    return [f"{n}: {x} ({target.library}: {y})" for n, x, y in (*arch, *points)]
 
 
 def _target_adapter(model: nn.Module, source: Description, to: str) -> RuleAdapter:
@@ -516,7 +497,6 @@ def load_converted(path: str | os.PathLike[str]) -> nn.Module:
 
 
 # -- the command ----------------------------------------------------------------------------------
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNSUPPORTED = 0, 1, 2, 3
 EXIT_STATUS = (
     "exit status: 0 converted (and verified), 1 the converted model does not compute the same function, "
     "2 usage error (bad target, unreadable weights, unwritable output), 3 the target library cannot express "
@@ -554,7 +534,7 @@ def run(args: argparse.Namespace, *, stdout: IO[str] | None = None, stderr: IO[s
         model = build_operand(args.source, seed=args.seed, weights=args.weights)
         done = conversion(model, to=args.to, verify=args.verify, seed=args.seed)
     except ConversionMismatchError as e:
-        _write_reports(e.comparison, args)
+        e.comparison.write_reports(args.json, args.markdown)
         print(f"MISMATCH: {one_line(e)}", file=stderr)
         return EXIT_FAIL
     except Unsupported as e:  # CannotExpress included: the point is named
@@ -564,7 +544,7 @@ def run(args: argparse.Namespace, *, stdout: IO[str] | None = None, stderr: IO[s
         print(f"vitspec convert: error: {one_line(e)}", file=stderr)
         return EXIT_USAGE
     if done.comparison is not None:
-        _write_reports(done.comparison, args)
+        done.comparison.write_reports(args.json, args.markdown)
     if args.output:
         save_converted(done, args.output, source=args.source)
     verified = done.comparison.headline() if done.comparison is not None else "not verified (--no-verify)"
@@ -572,10 +552,3 @@ def run(args: argparse.Namespace, *, stdout: IO[str] | None = None, stderr: IO[s
     print(f"converted {args.source} -> {args.to} ({type(done.model).__name__}): {done.filled} parameters filled "
           f"bit for bit from the spec bundle; {verified}{where}", file=stdout)  # fmt: skip
     return EXIT_OK
-
-
-def _write_reports(cmp: Comparison, args: argparse.Namespace) -> None:
-    if args.json:
-        cmp.write_json(args.json)
-    if args.markdown:
-        cmp.write_markdown(args.markdown)

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from vitspec._fs import atomic_write_text
-from vitspec.cli import one_line
+from vitspec.cli import EXIT_UNSUPPORTED, EXIT_USAGE, one_line
 from vitspec.errors import ConfigError, VitSpecError
 from vitspec.profiles import Profile
 from vitspec.profiles import deviations as profile_deviations
@@ -68,7 +68,9 @@ __all__ = [
     "build_operand",
     "compare_models",
     "description_diff",
+    "differing_fields",
     "run",
+    "spec_bundle",
 ]
 
 #: The stage holding what ``model(x)`` returned (after the adapter's output extractor).
@@ -78,6 +80,8 @@ TRIANGLE = 2.0
 _SHOWN = 5  # spec keys named in a one-line reason before "and N more"
 #: Profile fields that label a profile rather than say what it computes.
 _LABEL_FIELDS = ("name", "source", "revision")
+#: One field where two descriptions differ: its name, A's value, B's value.
+Difference = tuple[str, Any, Any]
 
 
 # -- result records ---------------------------------------------------------------------------------
@@ -192,6 +196,15 @@ class Comparison:
     def write_markdown(self, path: str | os.PathLike[str]) -> Path:
         return atomic_write_text(path, self.to_markdown())
 
+    def write_reports(
+        self, json_path: str | os.PathLike[str] | None, markdown_path: str | os.PathLike[str] | None
+    ) -> None:
+        """The ``--json`` / ``--markdown`` reports of ``vitspec diff`` and ``convert``; no path, no file."""
+        if json_path:
+            self.write_json(json_path)
+        if markdown_path:
+            self.write_markdown(markdown_path)
+
 
 def _finite_json(v: Any) -> Any:
     """JSON has no inf/nan: they become strings."""
@@ -205,27 +218,30 @@ def _finite_json(v: Any) -> Any:
 
 
 # -- descriptions ---------------------------------------------------------------------------------------
-def description_diff(a: Description, b: Description) -> tuple[list[str], list[str]]:
-    """``(architecture, variation points)``: where two descriptions differ, one ``"field: A value | B value"``
-    line each. Architecture: the config, input size, variant and head; variation points: profile fields."""
-    arch = [
-        f"cfg.{f.name}: {getattr(a.cfg, f.name)} | {getattr(b.cfg, f.name)}"
-        for f in dataclasses.fields(a.cfg)
-        if getattr(a.cfg, f.name) != getattr(b.cfg, f.name)
+def differing_fields(a: Description, b: Description) -> tuple[list[Difference], list[Difference]]:
+    """``(architecture, variation points)``: every field where two descriptions differ, as
+    ``(field, A value, B value)``. Architecture: the config, input size, variant and head; variation
+    points: the profile fields that say what it computes."""
+    arch: list[Difference] = [
+        (f"cfg.{f.name}", getattr(a.cfg, f.name), getattr(b.cfg, f.name)) for f in dataclasses.fields(a.cfg)
     ]
-    for what, x, y in (
+    arch += [
         ("input size", a.input_shape, b.input_shape),
         ("variant", a.variant, b.variant),
         ("classifier head", a.has_head, b.has_head),
-    ):
-        if x != y:
-            arch.append(f"{what}: {x} | {y}")
-    points = [
-        f"{f.name}: {getattr(a.profile, f.name)} | {getattr(b.profile, f.name)}"
-        for f in dataclasses.fields(Profile)
-        if f.name not in _LABEL_FIELDS and getattr(a.profile, f.name) != getattr(b.profile, f.name)
     ]
-    return arch, points
+    points: list[Difference] = [
+        (f.name, getattr(a.profile, f.name), getattr(b.profile, f.name))
+        for f in dataclasses.fields(Profile)
+        if f.name not in _LABEL_FIELDS
+    ]
+    return [d for d in arch if d[1] != d[2]], [d for d in points if d[1] != d[2]]
+
+
+def description_diff(a: Description, b: Description) -> tuple[list[str], list[str]]:
+    """:func:`differing_fields` as ``"field: A value | B value"`` lines."""
+    arch, points = differing_fields(a, b)
+    return [f"{n}: {x} | {y}" for n, x, y in arch], [f"{n}: {x} | {y}" for n, x, y in points]
 
 
 def _side(label: str, adapter: Any, d: Description) -> Side:
@@ -241,8 +257,19 @@ def _side(label: str, adapter: Any, d: Description) -> Side:
 
 
 # -- 1. parameters -----------------------------------------------------------------------------------------
-def _bundle(adapter: Any) -> dict[str, Tensor]:
+def spec_bundle(adapter: Any) -> dict[str, Tensor]:
+    """The adapter's model parameters mapped onto spec keys, detached, in their own dtype and device."""
     return dict(adapter.to_spec({k: v.detach() for k, v in adapter.model.named_parameters()}))
+
+
+def _within(rel: float, tol: float) -> bool:
+    """The verdict of every A-vs-B row: a finite relative error no larger than ``tol`` (nan/inf fail)."""
+    return math.isfinite(rel) and rel <= tol
+
+
+def _shapes(x: Tensor, y: Tensor) -> str:
+    """The note of a row whose two tensors cannot be compared: A's shape | B's."""
+    return f"shape {tuple(x.shape)} | {tuple(y.shape)}"
 
 
 def _param_tol(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
@@ -260,10 +287,10 @@ def _compare_params(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> list[Pa
             continue
         x, y = a[key], b[key]
         if x.shape != y.shape:
-            rows.append(ParamDiff(key, ok=False, note=f"shape {tuple(x.shape)} | {tuple(y.shape)}"))
+            rows.append(ParamDiff(key, ok=False, note=_shapes(x, y)))
             continue
         e = errors(y, x)
-        rows.append(ParamDiff(key, e.max_abs, e.rel, tol, math.isfinite(e.rel) and e.rel <= tol))
+        rows.append(ParamDiff(key, e.max_abs, e.rel, tol, _within(e.rel, tol)))
     return rows
 
 
@@ -324,10 +351,10 @@ def _compare_stages(ra: _Run, rb: _Run, order: Sequence[str], tol: float) -> lis
             rows.append(StageDiff(name, note=f"not captured in {missing}"))
             continue
         if ta.shape != tb.shape:
-            rows.append(StageDiff(name, ok=False, note=f"shape {tuple(ta.shape)} | {tuple(tb.shape)}"))
+            rows.append(StageDiff(name, ok=False, note=_shapes(ta, tb)))
             continue
         e = errors(tb, ta)
-        rows.append(StageDiff(name, e.max_abs, e.rel, tol, math.isfinite(e.rel) and e.rel <= tol))
+        rows.append(StageDiff(name, e.max_abs, e.rel, tol, _within(e.rel, tol)))
     return rows
 
 
@@ -341,10 +368,10 @@ def _compare_grads(ra: _Run, rb: _Run, tol: float, layers: int) -> list[GradDiff
             rows.append(GradDiff(key, group, ok=False, note=f"only in {'A' if gb is None else 'B'}"))
             continue
         if ga.shape != gb.shape:
-            rows.append(GradDiff(key, group, ok=False, note=f"shape {tuple(ga.shape)} | {tuple(gb.shape)}"))
+            rows.append(GradDiff(key, group, ok=False, note=_shapes(ga, gb)))
             continue
         e = grad_errors([gb], [ga], scale.get(group, 0.0))
-        rows.append(GradDiff(key, group, e.max_abs, e.rel, tol, math.isfinite(e.rel) and e.rel <= tol))
+        rows.append(GradDiff(key, group, e.max_abs, e.rel, tol, _within(e.rel, tol)))
     rows.sort(key=lambda r: group_rank(r.group, layers))  # backward order, as the check reports them
     return rows
 
@@ -461,7 +488,7 @@ def compare_models(
         )
     cmp = Comparison(_side(labels[0], ad_a, da), _side(labels[1], ad_b, db))
     cmp.architecture, cmp.variation_points = description_diff(da, db)
-    bundle_a, bundle_b = _bundle(ad_a), _bundle(ad_b)
+    bundle_a, bundle_b = spec_bundle(ad_a), spec_bundle(ad_b)
     cmp.params = _compare_params(bundle_a, bundle_b)
     cmp.weights = [p.key for p in cmp.params if p.ok is False]
     pol = policy(
@@ -612,7 +639,6 @@ def render(cmp: Comparison, stream: IO[str], *, quiet: bool = False) -> None:
 
 
 # -- the command ----------------------------------------------------------------------------------------------------
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNSUPPORTED = 0, 1, 2, 3
 EXIT_STATUS = (
     "exit status: 0 same function (every stage and gradient within the tolerance), 1 not, "
     "2 usage error (bad target, unreadable weights or input, unwritable output), 3 the spec cannot express A or B"
@@ -672,9 +698,6 @@ def run(args: argparse.Namespace, *, stdout: IO[str] | None = None, stderr: IO[s
     except VitSpecError as e:
         print(f"vitspec diff: error: {one_line(e)}", file=stderr)
         return EXIT_USAGE
-    if args.json:
-        cmp.write_json(args.json)
-    if args.markdown:
-        cmp.write_markdown(args.markdown)
+    cmp.write_reports(args.json, args.markdown)
     render(cmp, stderr if "-" in (args.json, args.markdown) else stdout, quiet=args.quiet)
     return cmp.exit_code

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vitspec._fs import atomic_write, atomic_write_bytes, atomic_write_text
+from vitspec.cli import EXIT_FAIL, EXIT_OK, EXIT_UNSUPPORTED
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -223,8 +224,8 @@ class Report:
 
         2 is kept for usage errors (bad flags, a target that cannot be built), so CI can tell them apart."""
         if self.status is Status.PASS:
-            return 0
-        return 3 if self.status is Status.UNSUPPORTED else 1
+            return EXIT_OK
+        return EXIT_UNSUPPORTED if self.status is Status.UNSUPPORTED else EXIT_FAIL
 
     def stage(self, name: str) -> StageResult:
         """The stage (or drilled-down sub-op) called ``name``; ``KeyError`` if absent."""

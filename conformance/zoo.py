@@ -148,6 +148,12 @@ def _hf(model: str, config: str, **kw: Any) -> nn.Module:
     return getattr(transformers, model)(cfg)
 
 
+#: The DINOv2-with-registers classifier, shared by its entry and the entry that perturbs it.
+_HF_DINOV2_REG = partial(
+    _hf, "Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersConfig", mlp_ratio=2, num_register_tokens=4
+)
+
+
 def _vp(cls: str = "ViT", **kw: Any) -> nn.Module:
     import vit_pytorch
 
@@ -481,13 +487,7 @@ ZOO: tuple[Entry, ...] = (
     E(
         "hf-dinov2-registers",
         "hf",
-        partial(
-            _hf,
-            "Dinov2WithRegistersForImageClassification",
-            "Dinov2WithRegistersConfig",
-            mlp_ratio=2,
-            num_register_tokens=4,
-        ),
+        _HF_DINOV2_REG,
         _hf_mlp("dinov2_with_registers.encoder", "layer"),
         ("layer_scale", "reg_tokens", "cls_mean_concat"),
     ),
@@ -530,13 +530,7 @@ ZOO: tuple[Entry, ...] = (
     E(
         "hf-dinov2-registers-pos-perturbed",
         "hf",
-        partial(
-            _hf,
-            "Dinov2WithRegistersForImageClassification",
-            "Dinov2WithRegistersConfig",
-            mlp_ratio=2,
-            num_register_tokens=4,
-        ),
+        _HF_DINOV2_REG,
         Perturbation("dinov2_with_registers.embeddings", "pos_embed"),
         ("layer_scale", "reg_tokens", "cls_mean_concat"),
     ),

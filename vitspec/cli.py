@@ -42,6 +42,11 @@ from .plugins import COMMANDS_GROUP, load_group
 
 __all__ = [
     "COMMANDS",
+    "EXIT_FAIL",
+    "EXIT_OK",
+    "EXIT_TIMEOUT",
+    "EXIT_UNSUPPORTED",
+    "EXIT_USAGE",
     "EXTRAS",
     "Command",
     "build_parser",
@@ -52,7 +57,10 @@ __all__ = [
     "register",
 ]
 
-EXIT_USAGE = 2
+#: The exit status of every vitspec command (``vitspec conform|diff|convert|train|...``, ``python -m conformance``):
+#: 0 conformant / same function, 1 not, 2 usage error, 3 the spec (or a target library) cannot express the model,
+#: 4 the check ran past ``--timeout``.
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 #: Characters in a one-line error message.
 MAX_ERROR = 500
 

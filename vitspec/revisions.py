@@ -101,9 +101,36 @@ _TRF = "NN/Spec/Models/Transformer.lean"
 _VIT = "NN/Spec/Models/Vit.lean"
 
 
-def _lc(file: str, definition: str, commit: str, repo: str) -> LeanCitation:
-    return LeanCitation(file, definition, commit, repo)
+def _citations(
+    commit: str, repo: str, *, head_split: tuple[str, str], ln_eps: tuple[str, str], patch_out: tuple[str, str]
+) -> Mapping[str, LeanCitation]:
+    """One revision's citations at ``repo@commit``. The three facts that differ between the revisions
+    recorded here come as ``(file, definition)``; the others read the same at every one of them."""
 
+    def at(file: str, definition: str) -> LeanCitation:
+        return LeanCitation(file, definition, commit, repo)
+
+    return MappingProxyType(
+        {
+            "head_split": at(*head_split),
+            "combine": at(_ATT, "combineHeadsSpec (swapFirstTwoSpec, then reshapeSpec)"),
+            "ln_eps": at(*ln_eps),
+            "patch_out": at(*patch_out),
+            "lean_backward": at(
+                _ATT,
+                "MultiHeadAttentionBackward (grad_attentionHeads := splitHeadsSpec grad_concat; "
+                "grad_Q := combineHeadsSpec grad_QHeads)",
+            ),
+            "norm_placement": at(_TRF, "TransformerEncoderLayer.forward (layerNorm (x + attn), post-norm)"),
+            "activation": at(_TRF, "FeedForward.forward (reluSpec)"),
+            "attention_biases": at(_ATT, "structure MultiHeadAttention (Wq Wk Wv Wo, no bias terms)"),
+            "encoder_layers": at(_TRF, "structure TransformerEncoder (layers : List ...)"),
+        }
+    )
+
+
+#: ``ln_eps``'s definition: the same text at both revisions; only the files holding it moved.
+_LN_EPS_DEF = "layerNorm (epsilon := Numbers.epsilon); instance Numbers Float (epsilon := 1e-6)"
 
 R_411682F = SpecRevision(
     name="411682f",
@@ -114,31 +141,12 @@ R_411682F = SpecRevision(
     ln_eps=1e-6,
     patch_out="nat_formula",
     lean_backward=True,
-    citations=MappingProxyType(
-        {
-            "head_split": _lc(_ATT, "splitHeadsSpec (reshapeSpec x size_eq)", _C411, _DOJO),
-            "combine": _lc(_ATT, "combineHeadsSpec (swapFirstTwoSpec, then reshapeSpec)", _C411, _DOJO),
-            "ln_eps": _lc(
-                "NN/Spec/Layers/Normalization.lean + NN/Spec/Core/Context.lean",
-                "layerNorm (epsilon := Numbers.epsilon); instance Numbers Float (epsilon := 1e-6)",
-                _C411,
-                _DOJO,
-            ),
-            "patch_out": _lc(_VIT, "ViTPatchOutH / ViTPatchOutW ((in + 2*padding - patch) / stride + 1)", _C411, _DOJO),
-            "lean_backward": _lc(
-                _ATT,
-                "MultiHeadAttentionBackward (grad_attentionHeads := splitHeadsSpec grad_concat; "
-                "grad_Q := combineHeadsSpec grad_QHeads)",
-                _C411,
-                _DOJO,
-            ),
-            "norm_placement": _lc(
-                _TRF, "TransformerEncoderLayer.forward (layerNorm (x + attn), post-norm)", _C411, _DOJO
-            ),
-            "activation": _lc(_TRF, "FeedForward.forward (reluSpec)", _C411, _DOJO),
-            "attention_biases": _lc(_ATT, "structure MultiHeadAttention (Wq Wk Wv Wo, no bias terms)", _C411, _DOJO),
-            "encoder_layers": _lc(_TRF, "structure TransformerEncoder (layers : List ...)", _C411, _DOJO),
-        }
+    citations=_citations(
+        _C411,
+        _DOJO,
+        head_split=(_ATT, "splitHeadsSpec (reshapeSpec x size_eq)"),
+        ln_eps=("NN/Spec/Layers/Normalization.lean + NN/Spec/Core/Context.lean", _LN_EPS_DEF),
+        patch_out=(_VIT, "ViTPatchOutH / ViTPatchOutW ((in + 2*padding - patch) / stride + 1)"),
     ),
     notes=(
         "The explicit backward (Lean MultiHeadAttentionBackward) is not the gradient of the forward for "
@@ -156,39 +164,16 @@ R_B2A2184 = SpecRevision(
     ln_eps=1e-6,
     patch_out="sliding_window",
     lean_backward=True,
-    citations=MappingProxyType(
-        {
-            "head_split": _lc(
-                _ATT, "splitHeadsSpec (Tensor.swapFirstTwoSpec (reshapeSpec x size_eq)); since c2be276", _CB2A, _ROUQ
-            ),
-            "combine": _lc(_ATT, "combineHeadsSpec (swapFirstTwoSpec, then reshapeSpec)", _CB2A, _ROUQ),
-            "ln_eps": _lc(
-                "NN/Spec/Layers/Normalization/Core.lean + NN/Core/Numeric.lean",
-                "layerNorm (epsilon := Numbers.epsilon); instance Numbers Float (epsilon := 1e-6)",
-                _CB2A,
-                _ROUQ,
-            ),
-            "patch_out": _lc(
-                _VIT + " + NN/Spec/Core/Shape.lean",
-                "ViTPatchOutH := Shape.slidingWindowOutDim (0 for kernel = 0, stride = 0 or padded < kernel); "
-                "since 852c9c6",
-                _CB2A,
-                _ROUQ,
-            ),
-            "lean_backward": _lc(
-                _ATT,
-                "MultiHeadAttentionBackward (grad_attentionHeads := splitHeadsSpec grad_concat; "
-                "grad_Q := combineHeadsSpec grad_QHeads)",
-                _CB2A,
-                _ROUQ,
-            ),
-            "norm_placement": _lc(
-                _TRF, "TransformerEncoderLayer.forward (layerNorm (x + attn), post-norm)", _CB2A, _ROUQ
-            ),
-            "activation": _lc(_TRF, "FeedForward.forward (reluSpec)", _CB2A, _ROUQ),
-            "attention_biases": _lc(_ATT, "structure MultiHeadAttention (Wq Wk Wv Wo, no bias terms)", _CB2A, _ROUQ),
-            "encoder_layers": _lc(_TRF, "structure TransformerEncoder (layers : List ...)", _CB2A, _ROUQ),
-        }
+    citations=_citations(
+        _CB2A,
+        _ROUQ,
+        head_split=(_ATT, "splitHeadsSpec (Tensor.swapFirstTwoSpec (reshapeSpec x size_eq)); since c2be276"),
+        ln_eps=("NN/Spec/Layers/Normalization/Core.lean + NN/Core/Numeric.lean", _LN_EPS_DEF),
+        patch_out=(
+            _VIT + " + NN/Spec/Core/Shape.lean",
+            "ViTPatchOutH := Shape.slidingWindowOutDim (0 for kernel = 0, stride = 0 or padded < kernel); "
+            "since 852c9c6",
+        ),
     ),
     notes=(
         f"splitHeadsSpec changed to reshape-then-swap at {_ROUQ}@{_CC2B[:7]} (2026-07-21); "

@@ -56,7 +56,9 @@ __all__ = [
     "find_base",
     "flatten_grid",
     "fused_qkv_rules",
+    "hf_attention",
     "identity_head",
+    "image_hw",
     "inp",
     "layer_rules",
     "layer_taps",
@@ -66,6 +68,7 @@ __all__ = [
     "overridden",
     "raise_unsupported",
     "read_layer",
+    "redefinitions",
     "spec_keys",
     "split_rows",
     "squeeze_to",
@@ -202,6 +205,17 @@ class LowPrecision:
     stages: tuple[str, ...]
     dtype: str
     op: str
+
+
+def hf_attention(config: Any, n_layers: int) -> tuple[str, tuple[LowPrecision, ...]]:
+    """The note naming a transformers model's attention kernel as shipped (``config._attn_implementation``),
+    and the float32 softmax of its ``eager`` kernel as a declared lower precision of every layer's attention."""
+    impl = getattr(config, "_attn_implementation", None)
+    precision: tuple[LowPrecision, ...] = ()
+    if impl == "eager":  # eager_attention_forward: softmax(..., dtype=torch.float32).to(query.dtype)
+        op = "the attention softmax (HF eager attention: softmax(dtype=torch.float32))"
+        precision = (LowPrecision(tuple(f"blocks.{i}.attn" for i in range(n_layers)), "float32", op),)
+    return f"attention as shipped: attn_implementation={impl!r}", precision
 
 
 # -- capture transforms (named, so reports and docs can show them) ---------------------
@@ -609,6 +623,21 @@ class PerLayer:
     out_bias: bool = True
     notes: list[str] = field(default_factory=list)
 
+    def read_norm(self, m: nn.Module, what: str, dim: int, library: str, bad: list[str]) -> None:
+        """LayerNorm ``what``'s eps into ``eps`` (a problem in ``bad`` when it is not a LayerNorm over ``dim``)."""
+        try:
+            self.eps[what] = check_layer_norm(m, what, dim, library)
+        except Unsupported as err:
+            bad.append(err.reason)
+
+    def read_hidden(self, i: int, width: int, what: str, bad: list[str]) -> None:
+        """Layer ``i``'s FFN width: layer 0's is the model's, any other layer's must equal it (a problem named
+        ``what`` otherwise: the spec has one hidden width)."""
+        if i == 0:
+            self.hidden = width
+        elif width != self.hidden:
+            bad.append(f"{what} {width} (layer 0 has {self.hidden})")
+
 
 def consensus(values: Mapping[str, T], default: T, what: str) -> tuple[T, list[str]]:
     """``(value, notes)``: the value most layers share (a tie: ``default``), and one note per layer that differs.
@@ -654,6 +683,18 @@ def overridden(model: nn.Module, base: type, methods: Iterable[str]) -> list[str
     """Which of ``methods`` a subclass of ``base`` redefines (then the adapter cannot vouch for it)."""
     t = type(model)
     return [m for m in methods if getattr(t, m, None) is not getattr(base, m, None)]
+
+
+def image_hw(size: Any) -> tuple[int, int]:
+    """``(H, W)`` of an image size given as one int (a square) or as a pair (transformers configs take both)."""
+    return (int(size[0]), int(size[1])) if isinstance(size, tuple | list) else (int(size), int(size))
+
+
+def redefinitions(model: nn.Module, base: type, methods: Iterable[str]) -> list[str]:
+    """The problem (none or one) of a subclass of ``base`` that redefines any of ``methods``: the adapter reads
+    ``base``'s forward, so it cannot vouch for another one."""
+    names = overridden(model, base, methods)
+    return [f"{type(model).__name__} redefines {', '.join(names)}"] if names else []
 
 
 # -- the adapter interface ---------------------------------------------------------------

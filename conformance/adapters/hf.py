@@ -38,28 +38,28 @@ from vitspec.profiles import PROFILES
 from .base import (
     Description,
     LayerPaths,
-    LowPrecision,
     PerLayer,
     Rule,
     RuleAdapter,
     Tap,
     Unsupported,
     as_vector,
-    check_layer_norm,
     check_linear,
     consensus,
     conv_geometry,
     copy,
     find_base,
+    hf_attention,
     identity_head,
+    image_hw,
     inp,
     layer_rules,
     layer_taps,
     norm_rules,
     out,
-    overridden,
     raise_unsupported,
     read_layer,
+    redefinitions,
     squeeze_to,
 )
 
@@ -159,25 +159,21 @@ class HFAdapter(RuleAdapter):
         bad: list[str] = []
         for c in ("ViTForImageClassification", "ViTModel"):
             base = find_base(m, _MOD, c)
-            if base is not None and type(m) is not base and (redefined := overridden(m, base, ("forward",))):
-                bad.append(f"{type(m).__name__} redefines {', '.join(redefined)}")
+            if base is not None:
+                bad += redefinitions(m, base, ("forward",))
         vit = self._vit
         config = m.config
         emb = vit.embeddings
         if type(emb).forward is not getattr(find_base(emb, _MOD, "ViTEmbeddings"), "forward", None):
             bad.append(f"embeddings is {type(emb).__name__} (only ViTEmbeddings)")
         e, in_c, ph, pw, stride, padding = conv_geometry(emb.patch_embeddings.projection, "patch projection", self.name)
-        image = emb.patch_embeddings.image_size
-        in_h, in_w = (int(image[0]), int(image[1])) if isinstance(image, tuple | list) else (int(image), int(image))
+        in_h, in_w = image_hw(emb.patch_embeddings.image_size)
         layers = self._layers()
         heads = int(config.num_attention_heads)
         r = PerLayer(heads=heads, hidden=int(config.intermediate_size))
         qkv_bias_by = self._read_layers(layers, e, r, bad)
         final = f"{self._prefix}layernorm"
-        try:
-            r.eps[final] = check_layer_norm(vit.layernorm, final, e, self.name)
-        except Unsupported as err:
-            bad.append(err.reason)
+        r.read_norm(vit.layernorm, final, e, self.name, bad)
         qkv_bias, _ = consensus(qkv_bias_by, bool(config.qkv_bias), "query/key/value bias")
         bad += [f"{w}: query/key/value {'have' if v else 'lack'} biases, unlike the other layers"
                 for w, v in qkv_bias_by.items() if v != qkv_bias]  # fmt: skip
@@ -202,12 +198,8 @@ class HFAdapter(RuleAdapter):
         cfg = ViTConfig(
             ph, pw, stride, padding, e, r.hidden, heads, len(layers), m.classifier.out_features if has_head else e
         )
-        impl = getattr(config, "_attn_implementation", None)
-        notes = [f"attention as shipped: attn_implementation={impl!r}", *eps_notes, *act_notes, *r.notes]
-        precision: tuple[LowPrecision, ...] = ()
-        if impl == "eager":  # eager_attention_forward: softmax(..., dtype=torch.float32).to(query.dtype)
-            op = "the attention softmax (HF eager attention: softmax(dtype=torch.float32))"
-            precision = (LowPrecision(tuple(f"blocks.{i}.attn" for i in range(len(layers))), "float32", op),)
+        impl_note, precision = hf_attention(config, len(layers))
+        notes = [impl_note, *eps_notes, *act_notes, *r.notes]
         if not has_head:
             notes.append("no classifier: the spec head is the identity; compared up to the pooled CLS vector")
         notes += [f"{rule.source}: {rule.note}" for rule in self._ignored_rules()]
@@ -252,11 +244,7 @@ class HFAdapter(RuleAdapter):
             head_dim = int(getattr(attn, "head_dim", 0) or getattr(attn.attention, "attention_head_size", 0))
             if head_dim * r.heads != e or head_dim != e // r.heads:
                 bad.append(f"{w}: head_dim={head_dim} with {r.heads} heads != hidden_size {e}")
-            width = int(get(t.fc1).out_features)
-            if i == 0:
-                r.hidden = width
-            elif width != r.hidden:
-                bad.append(f"{w}: intermediate width {width} (layer 0 has {r.hidden})")
+            r.read_hidden(i, int(get(t.fc1).out_features), f"{w}: intermediate width", bad)
         return qkv_bias_by
 
     def _ignored_rules(self) -> list[Rule]:

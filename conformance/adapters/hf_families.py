@@ -40,7 +40,6 @@ from vitspec.schema import Variant, head_width, pos_prefix_count
 from .base import (
     Description,
     LayerPaths,
-    LowPrecision,
     PerLayer,
     Rule,
     RuleAdapter,
@@ -54,7 +53,9 @@ from .base import (
     conv_geometry,
     copy,
     flatten_grid,
+    hf_attention,
     identity_head,
+    image_hw,
     inp,
     layer_rules,
     layer_taps,
@@ -196,8 +197,7 @@ class HFFamilyAdapter(RuleAdapter):
         towers = ("clip", "siglip")  # CLIP's layer names
         conv = emb.patch_embedding if fam.layout in towers else emb.patch_embeddings.projection
         e, in_c, ph, pw, stride, padding = conv_geometry(conv, "patch embedding", self.name, bias=False)
-        size = config.image_size
-        in_h, in_w = (int(size[0]), int(size[1])) if isinstance(size, tuple | list) else (int(size), int(size))
+        in_h, in_w = image_hw(config.image_size)
         if fam.layout == "dinov2" and in_h != in_w:
             bad.append("DINOv2 resamples its position table for non-square inputs (even at the native token count)")
         layers = self._layers()
@@ -209,10 +209,7 @@ class HFFamilyAdapter(RuleAdapter):
         if fam.pooling == "map":
             self._read_map_head(e, heads, r, bad)
         for path in norms:
-            try:
-                r.eps[path] = check_layer_norm(self._get(path), path, e, self.name)
-            except Unsupported as err:
-                bad.append(err.reason)
+            r.read_norm(self._get(path), path, e, self.name, bad)
         head_ok = self._check_head(e, bad)
         raise_unsupported(bad, self.name)
         p0 = PROFILES["hf"]
@@ -244,12 +241,8 @@ class HFFamilyAdapter(RuleAdapter):
         has_head = head_ok is not None
         classes = head_ok if head_ok is not None else e
         cfg = ViTConfig(ph, pw, stride, padding, e, r.hidden, heads, len(layers), classes)
-        impl = getattr(config, "_attn_implementation", None)
-        notes = [f"attention as shipped: attn_implementation={impl!r}", *eps_notes, *act_notes, *r.notes]
-        precision: tuple[LowPrecision, ...] = ()
-        if impl == "eager":  # eager_attention_forward: softmax(..., dtype=torch.float32).to(query.dtype)
-            op = "the attention softmax (HF eager attention: softmax(dtype=torch.float32))"
-            precision = (LowPrecision(tuple(f"blocks.{i}.attn" for i in range(len(layers))), "float32", op),)
+        impl_note, precision = hf_attention(config, len(layers))
+        notes = [impl_note, *eps_notes, *act_notes, *r.notes]
         if not has_head:
             notes.append("no classifier: the spec head is the identity; compared up to the pooled vector")
         return Description(
@@ -290,11 +283,7 @@ class HFFamilyAdapter(RuleAdapter):
                     lam = getattr(self._get(f"{w}.{n}"), "lambda1", None)
                     if not (isinstance(lam, Tensor) and tuple(lam.shape) == (e,)):
                         bad.append(f"{w}.{n}: no lambda1 of shape ({e},)")
-            width = int(lin[1].in_features)
-            if i == 0:
-                r.hidden = width
-            elif width != r.hidden:
-                bad.append(f"{w}: intermediate width {width} (layer 0 has {r.hidden})")
+            r.read_hidden(i, int(lin[1].in_features), f"{w}: intermediate width", bad)
         out: dict[str, bool] = {}
         for key, values in by.items():
             out[key], _ = consensus(values, key != "glu", key)

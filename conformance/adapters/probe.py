@@ -122,24 +122,12 @@ def probe_layer_norm(m: nn.Module, dim: int) -> tuple[Probe, float]:
     w, b = getattr(m, "weight", None), getattr(m, "bias", None)
     if not (isinstance(w, Tensor) and isinstance(b, Tensor) and w.shape == (dim,) and b.shape == (dim,)):
         return Probe(None, "layer_norm", math.inf, None, f"no affine weight and bias of shape ({dim},)"), 0.0
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn((2, 8, dim), generator=g, dtype=torch.float64)
-    x[1] *= 1e-3  # small-variance rows make the eps visible
-    try:
-        pm = _private(m)
-        with torch.no_grad():
-            y = pm(x)
-    except Exception as e:
-        return Probe(None, "layer_norm", math.inf, None, f"{type(e).__name__}: {e}"), 0.0
-    if not isinstance(y, Tensor) or y.shape != x.shape:
-        return Probe(None, "layer_norm", math.inf, None, "the output does not have the input's shape"), 0.0
-    own = getattr(m, "eps", None)
-    cands = ([float(own)] if isinstance(own, int | float) else []) + list(_EPS_CANDIDATES)
-    w64, b64 = (cast(Tensor, getattr(pm, n)).detach() for n in ("weight", "bias"))
-    errs = {eps: _rel(y, layer_norm(x, w64, b64, eps)) for eps in cands}
-    eps = min(errs, key=lambda e: errs[e])
-    name = f"layer_norm(eps={eps:g})"
-    return Probe(name if errs[eps] <= PROBE_TOL else None, name, errs[eps]), eps
+
+    def ref(x: Tensor, pm: nn.Module, eps: float) -> Tensor:
+        w64, b64 = (cast(Tensor, getattr(pm, n)).detach() for n in ("weight", "bias"))
+        return layer_norm(x, w64, b64, eps)
+
+    return _probe_norm(m, dim, "layer_norm", ref)
 
 
 def probe_rms_norm(m: nn.Module, dim: int) -> tuple[Probe, float]:
@@ -148,21 +136,33 @@ def probe_rms_norm(m: nn.Module, dim: int) -> tuple[Probe, float]:
     w = getattr(m, "weight", None)
     if not (isinstance(w, Tensor) and w.shape == (dim,)) or getattr(m, "bias", None) is not None:
         return Probe(None, "rms_norm", math.inf, None, f"no weight of shape ({dim},) without a bias"), 0.0
+
+    def ref(x: Tensor, pm: nn.Module, eps: float) -> Tensor:
+        return rms_norm(x, cast(Tensor, pm.weight).detach(), eps)
+
+    return _probe_norm(m, dim, "rms_norm", ref)
+
+
+def _probe_norm(
+    m: nn.Module, dim: int, kind: str, ref: Callable[[Tensor, nn.Module, float], Tensor]
+) -> tuple[Probe, float]:
+    """``(probe, eps)`` of a norm over the last axis of width ``dim``: ``m`` runs on a private float64 copy and
+    ``ref(x, copy, eps)`` (the spec's ``kind`` with the copy's own parameters) is tried at the module's ``eps``
+    and the usual values; the closest eps wins."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn((2, 8, dim), generator=g, dtype=torch.float64)
-    x[1] *= 1e-3  # small-magnitude rows make the eps visible
+    x[1] *= 1e-3  # small-magnitude (so small-variance) rows make the eps visible
     try:
         pm = _private(m)
         with torch.no_grad():
             y = pm(x)
     except Exception as e:
-        return Probe(None, "rms_norm", math.inf, None, f"{type(e).__name__}: {e}"), 0.0
+        return Probe(None, kind, math.inf, None, f"{type(e).__name__}: {e}"), 0.0
     if not isinstance(y, Tensor) or y.shape != x.shape:
-        return Probe(None, "rms_norm", math.inf, None, "the output does not have the input's shape"), 0.0
+        return Probe(None, kind, math.inf, None, "the output does not have the input's shape"), 0.0
     own = getattr(m, "eps", None)
     cands = ([float(own)] if isinstance(own, int | float) else []) + list(_EPS_CANDIDATES)
-    w64 = cast(Tensor, pm.weight).detach()
-    errs = {eps: _rel(y, rms_norm(x, w64, eps)) for eps in cands}
+    errs = {eps: _rel(y, ref(x, pm, eps)) for eps in cands}
     eps = min(errs, key=lambda e: errs[e])
-    name = f"rms_norm(eps={eps:g})"
+    name = f"{kind}(eps={eps:g})"
     return Probe(name if errs[eps] <= PROBE_TOL else None, name, errs[eps]), eps

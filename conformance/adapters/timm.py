@@ -54,9 +54,9 @@ from .base import (
     linear_rules,
     norm_rules,
     out,
-    overridden,
     raise_unsupported,
     read_layer,
+    redefinitions,
     split_rows,
     squeeze_to,
 )
@@ -129,8 +129,7 @@ class TimmAdapter(RuleAdapter):
         if type(m) is not base and not distilled:
             if getattr(m, "dist_token", None) is not None:
                 bad.append("distillation token (a VisionTransformerDistilled in distilled_training mode)")
-            if redefined := overridden(m, base, _FORWARD_METHODS):
-                bad.append(f"{type(m).__name__} redefines {', '.join(redefined)}")
+            bad += redefinitions(m, base, _FORWARD_METHODS)
         # Token layout (register tokens, pos_embed='none', no_embed_class: variation points).
         registers = int(getattr(m, "num_reg_tokens", 0) or 0)
         dynamic = bool(getattr(m, "dynamic_img_size", False))

@@ -38,7 +38,6 @@ from .base import (
     Tap,
     Unsupported,
     as_vector,
-    check_layer_norm,
     check_linear,
     consensus,
     conv_geometry,
@@ -51,9 +50,9 @@ from .base import (
     layer_taps,
     norm_rules,
     out,
-    overridden,
     raise_unsupported,
     read_layer,
+    redefinitions,
     squeeze_to,
 )
 
@@ -104,8 +103,7 @@ class TorchvisionAdapter(RuleAdapter):
         bad: list[str] = []
         base = find_base(m, _MOD, "VisionTransformer")
         assert base is not None
-        if type(m) is not base and (redefined := overridden(m, base, _FORWARD_METHODS)):
-            bad.append(f"{type(m).__name__} redefines {', '.join(redefined)}")
+        bad += redefinitions(m, base, _FORWARD_METHODS)
         if not isinstance(m.conv_proj, nn.Conv2d):
             bad.append(f"conv stem (conv_proj is {type(m.conv_proj).__name__}, conv_stem_configs)")
         head_bad = self._head_problems()
@@ -122,10 +120,7 @@ class TorchvisionAdapter(RuleAdapter):
                 bad.append(err.reason)
         layers = self._layers()
         r = self._check_layers(layers, e, bad)
-        try:
-            r.eps["encoder.ln"] = check_layer_norm(m.encoder.ln, "encoder.ln", e, self.name)
-        except Unsupported as err:
-            bad.append(err.reason)
+        r.read_norm(m.encoder.ln, "encoder.ln", e, self.name, bad)
         if bad or not self.trunk:  # a trunk-only check leaves an inexpressible head out
             raise_unsupported([*bad, *head_bad], self.name, head_only=not bad)
         _, in_c, ph, pw, stride, padding = geometry

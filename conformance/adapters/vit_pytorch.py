@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -62,9 +63,9 @@ from .base import (
     layer_taps,
     norm_rules,
     out,
-    overridden,
     raise_unsupported,
     read_layer,
+    redefinitions,
     squeeze_to,
 )
 
@@ -97,6 +98,34 @@ def _patch_vector(ph: int, pw: int, c: int) -> Callable[[Tensor], tuple[Tensor, 
 
     fn.__name__ = "p1p2c_to_cp1p2"
     return fn
+
+
+def _patch_rules(e: int, ph: int, pw: int, c: int) -> list[Rule]:
+    """Rules of ``to_patch_embedding`` (LayerNorm, Linear, LayerNorm; the same in ``ViT`` and ``SimpleViT``)."""
+    pd, pe = c * ph * pw, "to_patch_embedding"
+    return [
+        Rule(f"{pe}.1.weight", ("patch_norm_in_gamma",), (pd,), _patch_vector(ph, pw, c)),
+        Rule(f"{pe}.1.bias", ("patch_norm_in_beta",), (pd,), _patch_vector(ph, pw, c)),
+        Rule(f"{pe}.2.weight", ("patch_kernel",), (e, pd), _kernel_from_linear(e, ph, pw, c)),
+        Rule(f"{pe}.2.bias", ("patch_bias",), (e,), copy),
+        Rule(f"{pe}.3.weight", ("patch_norm_out_gamma",), (e,), copy),
+        Rule(f"{pe}.3.bias", ("patch_norm_out_beta",), (e,), copy),
+    ]
+
+
+def _trunk_rules(d: Description, layer: Callable[[int], LayerPaths], head: str) -> list[Rule]:
+    """Rules of the layers (rows from ``layer``), ``transformer.norm`` and the Linear ``head`` (ViT and SimpleViT)."""
+    c, p = d.cfg, d.profile
+    e, f, a = c.embed_dim, c.hidden_dim, c.head_count * head_width(c, p)
+    rules: list[Rule] = []
+    for i in range(c.num_layers):
+        rules += layer_rules(layer(i), i, embed=e, hidden=f, attn=a, profile=p)
+    rules += norm_rules("transformer.norm", "final_norm", e)
+    rules += [
+        Rule(f"{head}.weight", ("head_W",), (c.num_classes, e), copy),
+        Rule(f"{head}.bias", ("head_b",), (c.num_classes,), copy),
+    ]
+    return rules
 
 
 def _layer(i: int) -> LayerPaths:
@@ -155,34 +184,8 @@ class VitPytorchAdapter(RuleAdapter):
         bad: list[str] = []
         base = find_base(m, _MOD, "ViT")
         assert base is not None
-        if type(m) is not base and (redefined := overridden(m, base, ("forward",))):
-            bad.append(f"{type(m).__name__} redefines {', '.join(redefined)}")
-        # Patch embedding: Rearrange, LayerNorm(patch_dim), Linear(patch_dim, dim), LayerNorm(dim).
-        pe = m.to_patch_embedding
-        if not (isinstance(pe, nn.Sequential) and len(pe) == 4):
-            self._fail([f"to_patch_embedding is not Rearrange-LayerNorm-Linear-LayerNorm ({type(pe).__name__})"])
-        rearr, ln_in, lin, ln_out = pe
-        pattern = " ".join(str(getattr(rearr, "pattern", "")).split())
-        if type(rearr).__name__ != "Rearrange" or pattern != _PATTERN:
-            self._fail(
-                [f"to_patch_embedding.0 is not Rearrange({_PATTERN!r}) (got {pattern or type(rearr).__name__!r})"]
-            )
-        ph, pw = int(rearr.axes_lengths["p1"]), int(rearr.axes_lengths["p2"])
-        if ph != pw:
-            bad.append(f"non-square patches {ph}x{pw} (the spec's linear_ln patch embedding steps by one stride)")
-        try:
-            check_linear(lin, "to_patch_embedding.2", self.name)
-        except Unsupported as err:
-            self._fail([err.reason])
-        e, patch_dim = lin.out_features, lin.in_features
-        if patch_dim % (ph * pw):
-            self._fail([f"patch_dim {patch_dim} is not channels * {ph} * {pw}"])
-        in_c = patch_dim // (ph * pw)
-        for what, ln, dim in (("to_patch_embedding.1", ln_in, patch_dim), ("to_patch_embedding.3", ln_out, e)):
-            try:
-                check_layer_norm(ln, what, dim, self.name)
-            except Unsupported as err:
-                bad.append(err.reason)
+        bad += redefinitions(m, base, ("forward",))
+        in_c, ph, pw, e = self._patches(m, bad)
         # Tokens.
         n_cls = m.cls_token.numel() // e if m.cls_token.shape[-1] == e else -1
         if n_cls not in (0, 1):
@@ -221,10 +224,7 @@ class VitPytorchAdapter(RuleAdapter):
         layers = list(tr.layers)
         r = self._check_layers(layers, e, bad)
         head_dim = self._head_dim(e, r.heads, bad)
-        try:
-            r.eps["transformer.norm"] = check_layer_norm(tr.norm, "transformer.norm", e, self.name)
-        except Unsupported as err:
-            bad.append(err.reason)
+        r.read_norm(tr.norm, "transformer.norm", e, self.name, bad)
         self._fail(bad)
         p0 = PROFILES["vit_pytorch"]
         eps, eps_notes = consensus(r.eps, p0.ln_eps, "LayerNorm eps")
@@ -288,11 +288,7 @@ class VitPytorchAdapter(RuleAdapter):
                 continue
             if _is(attn, "Attention"):
                 read_layer(self.model, _layer(i), e, self.name, r, bad)
-            width = int(getattr(net[1], "out_features", 0))
-            if i == 0:
-                r.hidden = width
-            elif width != r.hidden:
-                bad.append(f"{w}.1: hidden width {width} (layer 0 has {r.hidden})")
+            r.read_hidden(i, int(getattr(net[1], "out_features", 0)), f"{w}.1: hidden width", bad)
         for flags, what in ((qkv_bias, "a qkv bias"), (out_bias, "an output bias")):
             value, _ = consensus(flags, False, what)
             bad += [f"{k}: {'has' if v else 'lacks'} {what} unlike the rest" for k, v in flags.items() if v != value]
@@ -333,54 +329,24 @@ class VitPytorchAdapter(RuleAdapter):
         if self._simple:
             return self._simple_key_map()
         d = self.description()
-        c, p = d.cfg, d.profile
-        e, f, a, ph, pw, ch = c.embed_dim, c.hidden_dim, c.head_count * head_width(c, p), c.patch_h, c.patch_w, d.in_c
+        c, e = d.cfg, d.cfg.embed_dim
         m: Any = self.model
         n_cls = 1 if d.variant == "cls" else 0
         tokens = c.tokens(d.in_h, d.in_w) + n_cls
-        pd = ch * ph * pw
-        pe = "to_patch_embedding"
-        rules = [
-            Rule(f"{pe}.1.weight", ("patch_norm_in_gamma",), (pd,), _patch_vector(ph, pw, ch)),
-            Rule(f"{pe}.1.bias", ("patch_norm_in_beta",), (pd,), _patch_vector(ph, pw, ch)),
-            Rule(f"{pe}.2.weight", ("patch_kernel",), (e, pd), _kernel_from_linear(e, ph, pw, ch)),
-            Rule(f"{pe}.2.bias", ("patch_bias",), (e,), copy),
-            Rule(f"{pe}.3.weight", ("patch_norm_out_gamma",), (e,), copy),
-            Rule(f"{pe}.3.bias", ("patch_norm_out_beta",), (e,), copy),
-        ]
+        rules = _patch_rules(e, c.patch_h, c.patch_w, d.in_c)
         cls_shape = tuple(m.cls_token.shape)
         if n_cls:
             rules.append(Rule("cls_token", ("cls_token",), cls_shape, as_vector))
         else:
             rules.append(Rule.ignore("cls_token", cls_shape, "empty class-token table of pool='mean'"))
         rules.append(Rule("pos_embedding", ("pos",), tuple(m.pos_embedding.shape), squeeze_to(tokens, e)))
-        for i in range(c.num_layers):
-            rules += layer_rules(_layer(i), i, embed=e, hidden=f, attn=a, profile=p)
-        rules += norm_rules("transformer.norm", "final_norm", e)
-        rules += [
-            Rule("mlp_head.weight", ("head_W",), (c.num_classes, e), copy),
-            Rule("mlp_head.bias", ("head_b",), (c.num_classes,), copy),
-        ]
-        return rules
+        return rules + _trunk_rules(d, _layer, "mlp_head")
 
     def stage_paths(self) -> dict[str, list[Tap]]:
         if self._simple:
             return self._simple_stage_paths()
         n = self.description().cfg.num_layers
-        lay = [f"transformer.layers.{i}" for i in range(n)]
-        # The residual sums run in Transformer.forward, not in a module: a layer's output is what
-        # the next layer's Attention (the last one: the final norm) receives.
-        after = [f"{p}.0" for p in lay[1:]] + ["transformer.norm"]
-        t: dict[str, list[Tap]] = {
-            "patch_embed": [out("to_patch_embedding")],
-            "pos_embed": [inp("transformer"), out("dropout")],
-        }
-        for i in range(n):
-            t.update(layer_taps(_layer(i), i, after[i]))
-        t["final_norm"] = [out("transformer"), out("transformer.norm")]
-        t["pool"] = [inp("mlp_head"), out("to_latent")]  # to_latent is an Identity between them
-        t["head"] = [out("mlp_head")]
-        return t
+        return _taps(n, _layer, [inp("transformer"), out("dropout")], "mlp_head")
 
     # -- SimpleViT (vit_pytorch.simple_vit): a variation-point model ------------------------------------
     def _describe_simple(self) -> Description:
@@ -391,19 +357,15 @@ class VitPytorchAdapter(RuleAdapter):
         bad: list[str] = []
         base = find_base(m, _SIMPLE, "SimpleViT")
         assert base is not None
-        if type(m) is not base and (redefined := overridden(m, base, ("forward",))):
-            bad.append(f"{type(m).__name__} redefines {', '.join(redefined)}")
-        in_c, ph, pw, e = self._simple_patches(m, bad)
+        bad += redefinitions(m, base, ("forward",))
+        in_c, ph, pw, e = self._patches(m, bad)
         tr: Any = m.transformer
         if (type(tr).__module__, type(tr).__qualname__) != (_SIMPLE, "Transformer"):
             self._fail([*bad, f"transformer is {type(tr).__name__} (only vit_pytorch.simple_vit.Transformer)"])
         layers = list(tr.layers)
         r = self._simple_layers(layers, e, bad)
         head_dim = self._head_dim(e, r.heads, bad)
-        try:
-            r.eps["transformer.norm"] = check_layer_norm(tr.norm, "transformer.norm", e, self.name)
-        except Unsupported as err:
-            bad.append(err.reason)
+        r.read_norm(tr.norm, "transformer.norm", e, self.name, bad)
         head = getattr(m, "linear_head", None)
         if not (isinstance(head, nn.Linear) and head.bias is not None):
             bad.append(f"linear_head is {type(head).__name__}, not nn.Linear with bias")
@@ -439,15 +401,18 @@ class VitPytorchAdapter(RuleAdapter):
             notes=(*eps_notes, *act_notes, *r.notes, how),
         )
 
-    def _simple_patches(self, m: Any, bad: list[str]) -> tuple[int, int, int, int]:
-        """``(in_c, patch_h, patch_w, dim)`` of the Rearrange-LayerNorm-Linear-LayerNorm patch embedding."""
+    def _patches(self, m: Any, bad: list[str]) -> tuple[int, int, int, int]:
+        """``(in_c, patch_h, patch_w, dim)`` of the Rearrange-LayerNorm-Linear-LayerNorm patch embedding
+        (the same module in ``ViT`` and ``SimpleViT``)."""
         pe = m.to_patch_embedding
         if not (isinstance(pe, nn.Sequential) and len(pe) == 4):
             self._fail([f"to_patch_embedding is not Rearrange-LayerNorm-Linear-LayerNorm ({type(pe).__name__})"])
         rearr, ln_in, lin, ln_out = pe
         pattern = " ".join(str(getattr(rearr, "pattern", "")).split())
         if type(rearr).__name__ != "Rearrange" or pattern != _PATTERN:
-            self._fail([f"to_patch_embedding.0 is not Rearrange({_PATTERN!r}) (got {pattern!r})"])
+            self._fail(
+                [f"to_patch_embedding.0 is not Rearrange({_PATTERN!r}) (got {pattern or type(rearr).__name__!r})"]
+            )
         ph, pw = int(rearr.axes_lengths["p1"]), int(rearr.axes_lengths["p2"])
         if ph != pw:
             bad.append(f"non-square patches {ph}x{pw} (the spec's linear_ln patch embedding steps by one stride)")
@@ -521,65 +486,39 @@ class VitPytorchAdapter(RuleAdapter):
             if dim_head and abs(float(attn.scale) - dim_head**-0.5) > 1e-12 * dim_head**-0.5:
                 r.notes.append(f"{w}.0: scale {float(attn.scale)!r} is not 1/sqrt(dim_head); expect blocks.{i}.attn")
             read_layer(self.model, _simple_layer(i), e, self.name, r, bad)
-            width = int(net[1].out_features)
-            if i == 0:
-                r.hidden = width
-            elif width != r.hidden:
-                bad.append(f"{w}.1: hidden width {width} (layer 0 has {r.hidden})")
+            r.read_hidden(i, int(net[1].out_features), f"{w}.1: hidden width", bad)
         return r
 
     def _simple_key_map(self) -> list[Rule]:
         d = self.description()
-        c, p = d.cfg, d.profile
-        e, f, a, ph, pw, ch = c.embed_dim, c.hidden_dim, c.head_count * head_width(c, p), c.patch_h, c.patch_w, d.in_c
-        pd, pe = ch * ph * pw, "to_patch_embedding"
-        rules = [
-            Rule(f"{pe}.1.weight", ("patch_norm_in_gamma",), (pd,), _patch_vector(ph, pw, ch)),
-            Rule(f"{pe}.1.bias", ("patch_norm_in_beta",), (pd,), _patch_vector(ph, pw, ch)),
-            Rule(f"{pe}.2.weight", ("patch_kernel",), (e, pd), _kernel_from_linear(e, ph, pw, ch)),
-            Rule(f"{pe}.2.bias", ("patch_bias",), (e,), copy),
-            Rule(f"{pe}.3.weight", ("patch_norm_out_gamma",), (e,), copy),
-            Rule(f"{pe}.3.bias", ("patch_norm_out_beta",), (e,), copy),
-        ]
-        for i in range(c.num_layers):
-            rules += layer_rules(_simple_layer(i), i, embed=e, hidden=f, attn=a, profile=p)
-        rules += norm_rules("transformer.norm", "final_norm", e)
-        rules += [
-            Rule("linear_head.weight", ("head_W",), (c.num_classes, e), copy),
-            Rule("linear_head.bias", ("head_b",), (c.num_classes,), copy),
-        ]
-        return rules
+        c = d.cfg
+        return _patch_rules(c.embed_dim, c.patch_h, c.patch_w, d.in_c) + _trunk_rules(d, _simple_layer, "linear_head")
 
     def _simple_stage_paths(self) -> dict[str, list[Tap]]:
         n = self.description().cfg.num_layers
-        lay = [f"transformer.layers.{i}" for i in range(n)]
-        after = [f"{p}.0" for p in lay[1:]] + ["transformer.norm"]
         # The table is added in SimpleViT.forward (x += pos), not in a module: pos_embed is what the transformer gets.
-        t: dict[str, list[Tap]] = {"patch_embed": [out("to_patch_embedding")], "pos_embed": [inp("transformer")]}
-        for i in range(n):
-            t.update(layer_taps(_simple_layer(i), i, after[i]))
-        t["final_norm"] = [out("transformer"), out("transformer.norm")]
-        t["pool"] = [inp("linear_head"), out("to_latent")]
-        t["head"] = [out("linear_head")]
-        return t
+        return _taps(n, _simple_layer, [inp("transformer")], "linear_head")
 
 
 def _simple_layer(i: int) -> LayerPaths:
     """SimpleViT layer ``i``: as the ViT's, with ``to_out`` a bare Linear and ``net = (LN, Linear, act, Linear)``."""
     b = f"transformer.layers.{i}"
-    return LayerPaths(
-        norm1=f"{b}.0.norm",
-        attn=f"{b}.0",
-        qkv=f"{b}.0.to_qkv.",
-        proj=f"{b}.0.to_out",
-        norm2=f"{b}.1.net.0",
-        mlp=f"{b}.1",
-        fc1=f"{b}.1.net.1",
-        act=f"{b}.1.net.2",
-        fc2=f"{b}.1.net.3",
-        attn_in=f"{b}.0.to_qkv",
-        mlp_in=f"{b}.1.net.1",
-    )
+    return replace(_layer(i), proj=f"{b}.0.to_out", fc2=f"{b}.1.net.3")
+
+
+def _taps(n: int, layer: Callable[[int], LayerPaths], pos_embed: list[Tap], head: str) -> dict[str, list[Tap]]:
+    """Stage taps of a ``ViT`` or ``SimpleViT`` with ``n`` layers (rows from ``layer``) and a Linear ``head``."""
+    lay = [f"transformer.layers.{i}" for i in range(n)]
+    # The residual sums run in Transformer.forward, not in a module: a layer's output is what
+    # the next layer's Attention (the last one: the final norm) receives.
+    after = [f"{p}.0" for p in lay[1:]] + ["transformer.norm"]
+    t: dict[str, list[Tap]] = {"patch_embed": [out("to_patch_embedding")], "pos_embed": pos_embed}
+    for i in range(n):
+        t.update(layer_taps(layer(i), i, after[i]))
+    t["final_norm"] = [out("transformer"), out("transformer.norm")]
+    t["pool"] = [inp(head), out("to_latent")]  # to_latent is an Identity between them
+    t["head"] = [out(head)]
+    return t
 
 
 def _sincos_matches(table: Tensor, h: int, w: int) -> bool:
