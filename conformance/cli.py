@@ -167,7 +167,12 @@ def _version() -> str:
 
 
 # -- rendering -----------------------------------------------------------------------------
-def _stage_rows(report: Report) -> list[tuple[str, str, str, str, str]]:
+#: The summary table: the propagated error (spec run end to end) and the isolated error (the spec's
+#: stage on the model's own input of that stage), both normwise relative; gradients have no isolated error.
+_COLUMNS = ("stage", "max abs err", "rel err", "isolated err", "tol", "result")
+
+
+def _stage_rows(report: Report) -> list[tuple[str, str, str, str, str, str]]:
     from .report import format_err
 
     rows = []
@@ -177,7 +182,8 @@ def _stage_rows(report: Report) -> list[tuple[str, str, str, str, str]]:
         if s.isolated_ok is False:
             verdict += f" (isolated {format_err(s.isolated_err)} > {format_err(s.isolated_tol)})"
         lowp = f" (spec {format_err(s.spec_lowp_err)})" if s.spec_lowp_err is not None else ""
-        rows.append((s.name, format_err(s.max_abs_err), format_err(s.rel_err) + lowp, format_err(s.tol), verdict))
+        iso = format_err(s.isolated_err) if s.isolated_err is not None else "-"
+        rows.append((s.name, format_err(s.max_abs_err), format_err(s.rel_err) + lowp, iso, format_err(s.tol), verdict))
     for group, gs in report.grad_groups().items():
         errs = [g.rel_err for g in gs if g.rel_err is not None]
         tols = [g.tol for g in gs if g.tol is not None]
@@ -189,6 +195,7 @@ def _stage_rows(report: Report) -> list[tuple[str, str, str, str, str]]:
                 f"grad {group}",
                 format_err(max(abs_errs) if abs_errs else None),
                 format_err(max(errs) if errs else None),
+                "-",
                 format_err(min(tols) if tols else None),
                 verdict,
             )
@@ -217,12 +224,12 @@ def render(report: Report, *, quiet: bool = False, stream: IO[str] | None = None
         console.print("deviations from the spec: " + "; ".join(report.deviations), markup=False)
     if rows:
         table = Table(show_lines=False, header_style="bold")
-        for col, just in (("stage", "left"), ("max abs err", "right"), ("rel err", "right"), ("tol", "right")):
-            table.add_column(col, justify=just)  # type: ignore[arg-type]
-        table.add_column("result")
+        for col in _COLUMNS[:-1]:
+            table.add_column(col, justify="left" if col == "stage" else "right")
+        table.add_column(_COLUMNS[-1])
         for r in rows:
-            res = r[4]
-            table.add_row(*r[:4], f"[red]{res}[/red]" if res.startswith("FAIL") else res)
+            res = r[-1]
+            table.add_row(*r[:-1], f"[red]{res}[/red]" if res.startswith("FAIL") else res)
         console.print(table)
     for n in report.notes:
         console.print(f"note: {n}", markup=False)
@@ -233,8 +240,8 @@ def _render_plain(report: Report, headline: str, rows: Sequence[tuple[str, ...]]
     if report.deviations:
         print("deviations from the spec: " + "; ".join(report.deviations), file=stream)
     if rows:
-        header = ("stage", "max abs err", "rel err", "tol", "result")
-        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
+        header = _COLUMNS
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         for r in [header, *rows]:
             print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=stream)
     for n in report.notes:
