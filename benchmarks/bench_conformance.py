@@ -12,7 +12,8 @@ Both ratios come from one run, each measured side by side:
   autograd step, alternating (A B A B ...) so machine noise hits both alike. The model is built
   (and, for the autograd step, cast to float64) before the clock starts; imports are not timed.
 - **warm**: both contenders alternating in this process after a warm-up round
-  (:func:`_common.interleaved`).
+  (:func:`_common.interleaved`), with a third beside them: the check with every isolated error
+  computed (``check(..., isolate=True)``, ``ratio_isolate``), which a passing float64 check skips.
 
 Times are reported as median and min; the verdict uses the ratio of the cold medians.
 
@@ -42,6 +43,8 @@ from _common import interleaved, write_result
 #: The cold ratio a full check must stay under (issue 13, item 5).
 TARGET = 2.5
 CONTENDERS = ("check", "autograd_fwd_bwd")
+#: Timed warm only, beside the two: the check with every isolated error computed (``isolate=True``).
+ISOLATE = "check_isolate"
 
 
 def _contender(name: str, args: argparse.Namespace, reports: list[Any]) -> Callable[[], None]:
@@ -52,10 +55,12 @@ def _contender(name: str, args: argparse.Namespace, reports: list[Any]) -> Calla
 
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False).eval()
-    if name == "check":  # the user's model as built (float32); check() copies and casts it
+    if name in ("check", ISOLATE):  # the user's model as built (float32); check() copies and casts it
+        isolate = name == ISOLATE
 
         def full_check() -> None:
-            reports.append(check(model, device=args.device, dtype=torch.float64, batch=args.batch, seed=0))
+            r = check(model, device=args.device, dtype=torch.float64, batch=args.batch, seed=0, isolate=isolate)
+            reports.append(r)
 
         return full_check
     ref = model.to(device=args.device, dtype=torch.float64)
@@ -111,12 +116,14 @@ def main() -> None:
 
     cold = _cold(args)
     reports: list[Any] = []
-    fns: dict[str, Callable[[], object]] = {name: _contender(name, args, reports) for name in CONTENDERS}
+    fns: dict[str, Callable[[], object]] = {name: _contender(name, args, reports) for name in (*CONTENDERS, ISOLATE)}
     warm = interleaved(fns, reps=args.reps, device=args.device)
     ratio_cold = cold["check"]["median_s"] / cold["autograd_fwd_bwd"]["median_s"]
     ratio_warm = warm["check"]["median_s"] / warm["autograd_fwd_bwd"]["median_s"]
     status = reports[-1].status if reports else None
+    ratio_isolate = warm[ISOLATE]["median_s"] / warm["autograd_fwd_bwd"]["median_s"]
     print(f"check / autograd fwd+bwd: cold {ratio_cold:.2f} (target {TARGET}), warm {ratio_warm:.2f}; status {status}")
+    print(f"check(isolate=True) / autograd fwd+bwd, warm: {ratio_isolate:.2f}")
     path = write_result(
         f"conformance_{args.device}",
         {
@@ -131,6 +138,7 @@ def main() -> None:
             "ratio_cold_min": cold["check"]["min_s"] / cold["autograd_fwd_bwd"]["min_s"],
             "times": warm,
             "ratio": ratio_warm,
+            "ratio_isolate": ratio_isolate,
             "target": TARGET,
             "target_on": "cold",
             "check_status": str(status),

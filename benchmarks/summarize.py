@@ -247,10 +247,23 @@ def _render_conformance_cold(files: list[Path]) -> str:
         )
         machines.append(f"`{_rel(path)}`: " + _machine(d["machine"]).removeprefix("**Machine.** "))
     reps = ", ".join(f"{d.get('cold_reps', '?')} cold / {d.get('reps', '?')} warm" for d in map(_load, files))
+    isolate = [
+        f"{d.get('device', '?')}: warm `check(isolate=True)` {_median_min(d['times']['check_isolate'])}, "
+        f"ratio {d['ratio_isolate']:.2f}"
+        for d in map(_load, files)
+        if "ratio_isolate" in d
+    ]
     out += [
         "",
         f"Times are median (min) over the repetitions ({reps}); cold runs alternate fresh processes (check, "
-        "autograd, check, ...), warm runs alternate in one process after a warm-up round.",
+        "autograd, check, ...), warm runs alternate in one process after a warm-up round."
+        + (
+            " Beside them, the check with every isolated error computed (a passing float64 check skips them): "
+            + "; ".join(isolate)
+            + "."
+            if isolate
+            else ""
+        ),
         "",
         "**Machines.** " + " ".join(machines),
         "",

@@ -99,6 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-grads", dest="grads", action="store_false", help="compare the forward pass only")
     parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="compute every stage's isolated error even where it cannot change the verdict (a float64 check "
+        "whose stages all pass propagated skips them: about one spec forward saved)",
+    )
+    parser.add_argument(
         "--trunk-only",
         action="store_true",
         help="check everything up to the pooled features and leave the head out (for a model whose only "
@@ -358,19 +364,6 @@ def _writable_or_usage(path: str, what: str) -> None:
         raise UsageError(str(e)) from None
 
 
-def _weights_and_inputs(model: Any, args: argparse.Namespace) -> tuple[Any, str]:
-    """Load ``--weights`` into ``model`` in place; ``(inputs or None, how they were made)`` from ``--input``."""
-    if getattr(args, "weights", None):
-        from .weights import load_weights
-
-        load_weights(model, args.weights)
-    if not getattr(args, "input", None):
-        return None, ""
-    from .inputs import load_inputs
-
-    return load_inputs(args.input, model)
-
-
 def _check_memory(model: Any, args: argparse.Namespace, adapter: Any = None) -> None:
     """Refuse (exit 2) a check whose estimated memory exceeds what the machine has left."""
     if not getattr(args, "memory_check", True):
@@ -453,7 +446,9 @@ def _run(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
         with _Alarm(getattr(args, "timeout", None)):
             model, name = _build(target, args.seed)
             adapter = _adapter(model, target)
-            inputs, input_how = _weights_and_inputs(model, args)
+            from .inputs import weights_and_inputs
+
+            inputs, input_how = weights_and_inputs(model, getattr(args, "weights", None), getattr(args, "input", None))
             _check_memory(model, args, adapter)
             from .compare import check
 
@@ -472,6 +467,7 @@ def _run(args: argparse.Namespace, stdout: IO[str], stderr: IO[str]) -> int:
                     inputs=inputs,
                     spec_revision=getattr(args, "spec_revision", None),
                     scope="trunk" if getattr(args, "trunk_only", False) else "full",
+                    isolate=getattr(args, "isolate", False),
                     consume=True,  # the model was built for this check alone: no second copy of its weights
                     spec_cache=False,  # the spec recomputes each layer in its backward: peak memory over time
                 )

@@ -42,6 +42,7 @@ import contextlib
 import copy
 import dataclasses
 import gc
+import inspect
 import math
 import platform
 import re
@@ -126,24 +127,35 @@ def _input_batch(inputs: Any) -> int:
     return int(inputs.shape[0])
 
 
-def _resolve_adapter(model: nn.Module, adapter: Any, consume: bool = False) -> Any:
+def _resolve_adapter(
+    model: nn.Module, adapter: Any, consume: bool, dev: torch.device, tdtype: torch.dtype
+) -> tuple[Any, nn.Module]:
     """An adapter instance owning its own copy of the model (the caller's model is never touched), or,
-    with ``consume``, the model (and adapter instance) itself."""
-    from .adapters.base import Adapter
+    with ``consume``, the model (and adapter instance) itself; and the module whose parameters are the
+    weights as given (the caller's, or with ``consume`` the checked one, before its cast).
 
-    if adapter is None:
-        from .adapters import detect
+    The own copy is made straight in the check's device and dtype (:func:`~conformance.adapters.copy_model`)."""
+    from .adapters import Adapter, copy_model, find_adapter
 
-        return detect(model, copy=not consume)
-    if isinstance(adapter, type) and issubclass(adapter, Adapter):
-        return adapter(model, copy=not consume)
+    if adapter is None or (isinstance(adapter, type) and issubclass(adapter, Adapter)):
+        cls = find_adapter(model) if adapter is None else adapter
+        own = model if consume else copy_model(model, cls.name, device=dev, dtype=tdtype)
+        return cls(own, copy=False), model
     if isinstance(adapter, Adapter) and consume:
-        return adapter
+        return adapter, adapter.model
     if isinstance(adapter, Adapter):
         # Deep-copy the instance (with the model it holds): hooks and dtype changes must not
         # leak into the caller's adapter or model.
-        return copy.deepcopy(adapter)
+        return copy.deepcopy(adapter), adapter.model
     raise TypeError(f"adapter must be None, an Adapter subclass or an Adapter instance, got {type(adapter).__name__}")
+
+
+def _to_spec(ad: Any, tensors: dict[str, Tensor], *, copy: bool) -> dict[str, Tensor]:
+    """``ad.to_spec(tensors, copy=copy)``; an adapter written before ``copy`` existed (a user's
+    ``to_spec(self, tensors)`` override) is called without it, and copies as it always did."""
+    if "copy" in inspect.signature(ad.to_spec).parameters:
+        return dict(ad.to_spec(tensors, copy=copy))
+    return dict(ad.to_spec(tensors))
 
 
 class _ModelCrashError(Exception):
@@ -219,6 +231,7 @@ class _Context:
     model_t64: dict[str, Tensor] = field(default_factory=dict)  # the same in float64: isolation inputs
     ref_t: dict[str, Tensor] = field(default_factory=dict)  # spec64 stage tensors
     precision: dict[str, str] = field(default_factory=dict)  # stage -> declared coarser dtype
+    isolate: bool = False  # isolated errors always (else where they can matter: _isolation_decides)
 
     @property
     def model(self) -> nn.Module:
@@ -241,6 +254,7 @@ def check(
     consume: bool = False,
     spec_cache: bool = True,
     scope: str = "full",
+    isolate: bool = False,
 ) -> Report:
     """Check ``model`` against the executable spec; return a :class:`~conformance.report.Report`.
 
@@ -259,6 +273,11 @@ def check(
     ``scope="trunk"``: check everything up to the pooled features (the head's input) and leave the head
     out, for a model whose only inexpressible part is its head (a pre-logits layer, a custom classifier);
     the report says the head was not checked (docs/conformance.md, "Trunk-only checks").
+    ``isolate=True``: compute every stage's isolated error (the spec's stage on the model's own input of
+    it). By default they are computed wherever they can change the verdict or locate a divergence; a
+    float64 check with no declared lower precision whose stages all pass propagated skips them, with a
+    note: there the two comparisons share one tolerance (docs/conformance.md, "Compare, two ways"), and
+    skipping saves about one spec forward.
     Never raises for a model problem: UNSUPPORTED / CRASH / NONFINITE / MISMATCH are statuses.
     Raises :class:`~vitspec.errors.ConfigError` for bad arguments (batch, dtype, device, inputs, revision).
     The check is run with autograd on even inside ``torch.inference_mode()`` / ``torch.no_grad()``.
@@ -299,7 +318,7 @@ def check(
                 consume,
                 scope == "trunk",
             )
-            ctx.spec_cache = spec_cache
+            ctx.spec_cache, ctx.isolate = spec_cache, isolate
             _run_model(ctx)
             _run_spec(ctx)
             _compare_forward(ctx)
@@ -313,7 +332,10 @@ def check(
         except _Done:
             pass
         finally:
-            gc.collect()  # the model copy, the spec and its cache are garbage now: return their memory
+            # The model copy, the spec and its cache are freed by reference counting; a cycle the check made
+            # (an exception's frames) is young. A full collection would walk every object of the process
+            # (0.2 s with timm and transformers imported).
+            gc.collect(1)
     report.elapsed_s = time.perf_counter() - t0
     return report
 
@@ -336,7 +358,7 @@ def _prepare(
     trunk: bool = False,
 ) -> _Context:
     try:
-        ad = _resolve_adapter(model, adapter, consume)
+        ad, given = _resolve_adapter(model, adapter, consume, dev, tdtype)
         desc = (ad.for_trunk() if trunk else ad).description()
     except VitSpecError as e:  # Unsupported (every reason at once), or detect() finding no adapter
         report.status, report.reason = Status.UNSUPPORTED, getattr(e, "reason", None) or str(e)
@@ -364,8 +386,10 @@ def _prepare(
         raise _Done
     # The weights in the spec's layout, as given (before the cast): the spec is built from them twice,
     # now (a model the spec cannot express is UNSUPPORTED before it runs) and after the model's run.
+    # Views of the caller's parameters, which the check never runs or changes; a copy of a consumed
+    # model's, which run (and are released) before the spec is built.
     try:
-        sd_src: dict[str, Tensor] = ad.to_spec(dict(ad.model.named_parameters()))
+        sd_src: dict[str, Tensor] = _to_spec(ad, dict(given.named_parameters()), copy=given is ad.model)
         map_error: VitSpecError | None = None
     except VitSpecError as e:
         sd_src, map_error = {}, e
@@ -498,7 +522,12 @@ def _build_specs(ctx: _Context, *, validate: bool = False) -> None:
             zero = torch.zeros((), device=ctx.dev, dtype=torch.float64)
             sd64 = {k: zero.expand(v.shape) for k, v in src.items()}
         else:
-            sd64 = {k: src.pop(k).to(device=ctx.dev, dtype=ctx.tdtype).to(torch.float64) for k in list(src)}
+            sd64 = {
+                k: src.pop(k)
+                .to(device=ctx.dev, dtype=ctx.tdtype)
+                .to(torch.float64, memory_format=torch.contiguous_format)
+                for k in list(src)
+            }
         ctx.spec64 = spec_cls.from_state_dict(desc.cfg, desc.in_c, desc.in_h, desc.in_w, sd64, profile=desc.profile)
     except MappingError as e:
         names = [*e.missing, *e.unexpected, *e.mismatched]
@@ -683,7 +712,7 @@ def _run_model(ctx: _Context) -> None:
         _release(m)
     if grads is not None:
         named, grad_x = grads
-        ctx.model_g = ctx.adapter.to_spec(named)
+        ctx.model_g = _to_spec(ctx.adapter, named, copy=False)  # autograd is done writing them
         del named, grads
         ctx.model_g["grad_x"] = grad_x
     _build_specs(ctx)  # the weights the model ran with
@@ -857,21 +886,22 @@ def _precision_of(ctx: _Context, name: str, order: list[str]) -> tuple[str | Non
     return (coarsest if order.index(name) >= first else None), own
 
 
-def _compare(ctx: _Context, name: str, order: list[str]) -> StageResult:
-    """Propagated and isolated errors of one stage or sub-op."""
+def _compare(ctx: _Context, name: str, order: list[str]) -> tuple[StageResult, Tensor | None]:
+    """The propagated error of one stage or sub-op, and the model's tensor when it can be isolated
+    (:func:`_isolate`), else ``None``."""
     mt, rt, cap = ctx.model_t.get(name), ctx.ref_t.get(name), ctx.cap
     assert cap is not None
     if mt is None:
-        return StageResult(name, captured=False, note=cap.missing_reason(name))
+        return StageResult(name, captured=False, note=cap.missing_reason(name)), None
     if rt is None:
-        return StageResult(name, note="the spec did not produce this stage")
+        return StageResult(name, note="the spec did not produce this stage"), None
     source = cap.sources.get(name, "")
     if name == OUTPUT:
         source = _TRUNK_OUTPUT if ctx.trunk else "the value model(x) returned"
     prec_prop, prec_iso = _precision_of(ctx, name, order)
     if tuple(mt.shape) != tuple(rt.shape):
         note = f"shape {tuple(mt.shape)} != spec {tuple(rt.shape)}"
-        return StageResult(name, math.inf, math.inf, None, False, True, None, list(mt.shape), note, source=source)
+        return StageResult(name, math.inf, math.inf, None, False, True, None, list(mt.shape), note, source=source), None
     e = errors(mt, rt)
     ref = ctx.declared if prec_prop else ctx.native
     lt = ref.stages.get(name) if ref is not None else None
@@ -886,8 +916,45 @@ def _compare(ctx: _Context, name: str, order: list[str]) -> StageResult:
         ok, note = False, "spec reference is non-finite"
     r = StageResult(name, e.max_abs, e.rel, tol, ok, True, lowp, list(mt.shape), note, source=source)
     r.precision = prec_iso or prec_prop or ""
-    _isolate(ctx, r, mt, prec_iso)
-    return r
+    return r, mt
+
+
+def _compare_all(ctx: _Context, names: list[str], order: list[str], *, top: bool = False) -> list[StageResult]:
+    """:func:`_compare` each of ``names``, then :func:`_isolate` them; the top-level stages (``top``: a
+    progress step each) only where :func:`_isolation_decides` finds that isolated errors can matter."""
+    compared = []
+    for name in names:
+        compared.append(_compare(ctx, name, order))
+        if top:
+            ctx.step(f"stage {name}")
+    results = [r for r, _ in compared]
+    if not top or _isolation_decides(ctx, results):
+        for r, mt in compared:
+            if mt is not None:
+                _isolate(ctx, r, mt, _precision_of(ctx, r.name, order)[1])
+    else:
+        ctx.report.notes.append(_ISOLATION_SKIPPED)
+    return results
+
+
+#: The note of a check whose isolated errors were skipped (:func:`_isolation_decides`).
+_ISOLATION_SKIPPED = (
+    "isolated errors not computed: every stage passes propagated in float64 with no declared lower "
+    "precision, where the isolated comparison has the same tolerance and only locates a divergence; "
+    "check(..., isolate=True) / --isolate computes them"
+)
+
+
+def _isolation_decides(ctx: _Context, results: list[StageResult]) -> bool:
+    """Whether to compute the isolated errors: asked for (``isolate=True``), a stage that does not pass
+    propagated (they locate it), or a tolerance that differs between the two comparisons: a lower
+    precision (native or declared), judged against the spec's own rounding, which accumulates end to
+    end and not in one stage."""
+    if ctx.isolate:
+        return True
+    if ctx.pol.dtype != "float64" or ctx.precision:
+        return True
+    return any(r.ok is not True for r in results)
 
 
 def _isolate(ctx: _Context, r: StageResult, mt: Tensor, precision: str | None) -> None:
@@ -932,9 +999,7 @@ def _compare_forward(ctx: _Context) -> None:
     if not ctx.desc.has_head and not ctx.trunk:
         report.notes.append("the model has no classification head: compared through the pooled vector")
     order = _top_stages(ctx, sub_ops=True)
-    for name in top:
-        report.stages.append(_compare(ctx, name, order))
-        ctx.step(f"stage {name}")
+    report.stages = _compare_all(ctx, top, order, top=True)
     report.forward_ok = not any(s.failed for s in report.stages)
     first = _first_failure(report.stages)
     if first is None and not report.forward_ok:
@@ -965,7 +1030,7 @@ def _drill_down(ctx: _Context, block: str, order: list[str]) -> None:
     """Every sub-op of a divergent block, propagated and isolated; the first failing one is named."""
     report = ctx.report
     subs = sub_op_order(ctx.desc.profile.norm_placement, ctx.desc.profile.layer_scale)
-    report.subops = [_compare(ctx, f"{block}.{s}", order) for s in subs]
+    report.subops = _compare_all(ctx, [f"{block}.{s}" for s in subs], order)
     bad = _first_failure(report.subops)
     if bad is not None:
         report.first_divergence_subop = bad.name

@@ -37,7 +37,15 @@ from torch import Tensor, nn
 
 from vitspec.errors import VitSpecError
 
-__all__ = ["IMAGE_SUFFIXES", "TENSOR_SUFFIXES", "InputError", "image_paths", "load_inputs", "load_tensor"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "TENSOR_SUFFIXES",
+    "InputError",
+    "image_paths",
+    "load_inputs",
+    "load_tensor",
+    "weights_and_inputs",
+]
 
 TENSOR_SUFFIXES = (".pt", ".pth", ".safetensors")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -64,6 +72,19 @@ def load_inputs(path: str | os.PathLike[str], model: nn.Module) -> tuple[Tensor,
     transform, how = _transform(model, desc.library, desc.input_shape)
     batch = torch.stack([transform(_open(f, desc.in_c)) for f in images]).to(torch.float32)
     return batch, f"{len(images)} image(s) from {p.name}, {how}"
+
+
+def weights_and_inputs(
+    model: nn.Module, weights: str | os.PathLike[str] | None = None, inputs: str | os.PathLike[str] | None = None
+) -> tuple[Tensor | None, str]:
+    """What ``--weights`` and ``--input`` do: load ``weights`` into ``model`` in place
+    (:func:`~conformance.weights.load_weights`), then ``(batch, how)`` from ``inputs``
+    (:func:`load_inputs`), or ``(None, "")`` without them."""
+    if weights:
+        from .weights import load_weights
+
+        load_weights(model, weights)
+    return load_inputs(inputs, model) if inputs else (None, "")
 
 
 def load_tensor(path: str | os.PathLike[str]) -> Tensor:

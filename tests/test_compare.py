@@ -35,6 +35,26 @@ def passing() -> Report:
     return check(tiny())
 
 
+def test_isolate_true_computes_every_isolated_error(passing: Report) -> None:
+    r = check(tiny(), isolate=True)
+    assert r.status is Status.PASS and not any(n.startswith("isolated errors not computed") for n in r.notes)
+    assert all(s.isolated_ok is True and s.isolated_tol == s.tol for s in r.stages)
+    # the same propagated comparison either way
+    assert [(s.name, s.rel_err) for s in r.stages] == [(s.name, s.rel_err) for s in passing.stages]
+
+
+def test_isolated_errors_where_they_can_decide() -> None:
+    # native float32: the isolated tolerance (one stage's rounding) is tighter than the propagated one
+    low = check(tiny(), dtype="float32")
+    assert all(s.isolated_ok is not None for s in low.stages if s.captured)
+    # a failing float64 check: every stage is isolated, to locate the divergence
+    bad = tiny()
+    bad.blocks[1].mlp.register_forward_hook(lambda _m, _a, out: out * 1.01)  # type: ignore[operator]
+    r = check(bad, grads=False)
+    assert r.status is Status.MISMATCH and all(s.isolated_ok is not None for s in r.stages if s.captured)
+    assert r.stage("blocks.0").isolated_ok is True and r.first_divergence == "blocks.1"
+
+
 # -- helpers -------------------------------------------------------------------------------
 def test_sub_op_order_and_groups() -> None:
     assert sub_op_order("pre") == ("norm1", "attn", "norm2", "mlp")
@@ -121,7 +141,10 @@ def test_pass_report_contents(passing: Report) -> None:
         "head",
         "output",
     ]
-    assert all(s.ok and s.isolated_ok and s.captured and s.tol == r.stages[0].tol for s in r.stages)
+    assert all(s.ok and s.captured and s.tol == r.stages[0].tol for s in r.stages)
+    # float64, every stage passing propagated: the isolated comparison (same tolerance) is skipped, and said so
+    assert all(s.isolated_ok is None and s.isolated_err is None for s in r.stages)
+    assert any(n.startswith("isolated errors not computed") for n in r.notes)
     assert r.subops == [] and r.first_divergence is None
     d = r.description
     assert d["library"] == "timm" and d["variant"] == "cls" and d["input_size"] == [3, 32, 32]
@@ -426,3 +449,17 @@ def test_autocast_region_is_seen_at_run_time() -> None:
     r64 = check(m, grads=False)
     assert r64.ok and "declared" not in r64.tolerance
     assert any("autocast does not cast float64 ops" in n for n in r64.notes)
+
+
+@pytest.mark.parametrize("consume", [False, True])
+def test_a_forward_that_rewrites_its_own_weights_is_not_judged_by_them(consume: bool) -> None:
+    # The spec is built from the weights as given; the check's copy of them (or, consumed, the model's
+    # snapshot) must not alias what the model's forward then rewrites in place.
+    m = tiny().double()
+
+    def rewrite(mod: nn.Module, _args: Any) -> None:
+        mod.weight.data.mul_(1.5)  # type: ignore[operator]
+
+    m.blocks[0].mlp.fc1.register_forward_pre_hook(rewrite)  # type: ignore[union-attr]
+    r = check(m, grads=False, consume=consume)
+    assert r.status is Status.MISMATCH and r.first_divergence == "blocks.0", r.reason

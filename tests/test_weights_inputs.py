@@ -324,3 +324,62 @@ def test_input_error_is_a_typed_error(tmp_path: Path) -> None:
     model, _ = build_target(TINY["timm"], seed=0)
     with pytest.raises(InputError):
         load_inputs(tmp_path / "nothing.png", model)
+
+
+# -- the pytest suite: --vit-weights and --vit-input ----------------------------------------------
+SUITE = str(Path(__file__).resolve().parents[1] / "conformance" / "suite")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _imported_before_pytester() -> None:
+    # pytester's in-process runs drop the modules first imported inside them, and a later run that
+    # imports them again mixes two copies of one class (jaxtyping then rejects the spec's own caches):
+    # one check out here imports everything a check needs, once.
+    check(build_target(TINY["timm"], seed=0)[0])
+
+
+def test_suite_checks_the_given_weights_and_inputs(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    source, _ = build_target(TINY["timm"], seed=1)
+    sd = source.state_dict()
+    weights = _save(sd, tmp_path / "w.safetensors")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i, color in enumerate([(10, 20, 30), (200, 100, 0), (5, 250, 90)]):
+        _image(images / f"{i}.png", color)
+    out = tmp_path / "r.json"
+    args = [f"--vit-target={TINY['timm']}", f"--vit-weights={weights}", f"--vit-input={images}", f"--vit-json={out}"]
+    res = pytester.runpytest_inprocess(SUITE, "-p", "no:cacheprovider", *args)
+    assert res.ret == 0, res.stdout.str()
+    desc = json.loads(out.read_text())["description"]
+    assert desc["weights"] == str(weights) and desc["batch"] == 3 and desc["input"].startswith("3 image(s) from imgs")
+
+
+def test_suite_really_uses_the_weights(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    # A NaN written into the file must reach the model: the suite then fails on non-finite values.
+    source, _ = build_target(TINY["timm"], seed=1)
+    sd = source.state_dict()
+    sd["head.bias"] = torch.full_like(sd["head.bias"], float("nan"))
+    nan = _save(sd, tmp_path / "nan.pt")
+    res = pytester.runpytest_inprocess(
+        SUITE, "-p", "no:cacheprovider", f"--vit-target={TINY['timm']}", f"--vit-weights={nan}"
+    )
+    assert res.ret == 1 and "non-finite" in res.stdout.str()
+
+
+@pytest.mark.parametrize("opt", ["--vit-weights", "--vit-input"])
+def test_suite_refuses_a_missing_path_at_startup(opt: str, pytester: pytest.Pytester, tmp_path: Path) -> None:
+    res = pytester.runpytest_inprocess(
+        SUITE, "-p", "no:cacheprovider", f"--vit-target={TINY['timm']}", f"{opt}={tmp_path / 'nope'}"
+    )
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines([f"*{opt}: no such file or directory: *nope"])
+
+
+def test_suite_reports_weights_that_do_not_fit(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    other, _ = build_target(TINY["timm"].replace("depth=1", "depth=2"), seed=1)
+    bad = _save(other.state_dict(), tmp_path / "tv.safetensors")
+    res = pytester.runpytest_inprocess(
+        SUITE, "-p", "no:cacheprovider", f"--vit-target={TINY['timm']}", f"--vit-weights={bad}"
+    )
+    assert res.ret == 1
+    res.stdout.fnmatch_lines(["--vit-* options: *tv.safetensors' does not match the model: 12 unexpected: blocks.1.*"])

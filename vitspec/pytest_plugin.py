@@ -18,6 +18,7 @@ Usage::
     pytest --vit-target timm:vit_tiny_patch16_224            # runs conformance/suite
     pytest --pyargs conformance.suite --vit-target hf:default --vit-dtype float32
     VITSPEC_TARGET=torchvision:vit_b_16 pytest conformance/suite --vit-json report.json
+    pytest --vit-target timm:vit_base_patch16_224 --vit-weights vit_b16.safetensors --vit-input images/
 
 With ``--vit-target`` and no paths on the command line, the plugin points the run at
 the conformance suite instead of the project's ``testpaths`` (a user asking for a target
@@ -79,6 +80,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="FILE",
         help="file of test ids (one per line, '#' comments) expected to fail for this target",
     )
+    group.addoption(
+        "--vit-weights",
+        default=None,
+        metavar="PATH",
+        help="load real weights into the target first: .safetensors or a torch checkpoint (strict key match)",
+    )
+    group.addoption(
+        "--vit-input",
+        default=None,
+        metavar="PATH",
+        help="check on real inputs: an image, a directory of images (preprocessed as the library does) "
+        "or a saved (B, C, H, W) tensor; --vit-batch is then B",
+    )
     group.addoption("--vit-json", default=None, metavar="PATH", help="write the conformance Report as JSON")
 
 
@@ -93,6 +107,8 @@ class SuiteOptions:
         self.seed: int = config.getoption("--vit-seed")
         self.xfails: str | None = config.getoption("--vit-xfails")
         self.json: str | None = config.getoption("--vit-json")
+        self.weights: str | None = config.getoption("--vit-weights")
+        self.input: str | None = config.getoption("--vit-input")
 
 
 def get_options(config: pytest.Config) -> SuiteOptions:
@@ -128,6 +144,10 @@ def pytest_configure(config: pytest.Config) -> None:
         if not Path(xf).is_file():
             raise pytest.UsageError(f"--vit-xfails: no such file: {xf}")
         config.stash[_XFAILS] = read_xfails(xf)
+    for opt in ("--vit-weights", "--vit-input"):  # a typo is refused now, not after building the model
+        path = config.getoption(opt)
+        if path and not Path(path).exists():
+            raise pytest.UsageError(f"{opt}: no such file or directory: {path}")
     out = config.getoption("--vit-json")
     if out:  # refused now, not after the whole check
         from vitspec._fs import UnwritableError, check_writable

@@ -13,7 +13,17 @@ from typing import Any
 
 from torch import nn
 
-from .base import Adapter, CapturePoint, Description, Rule, RuleAdapter, Unsupported, expected_stages, spec_keys
+from .base import (
+    Adapter,
+    CapturePoint,
+    Description,
+    Rule,
+    RuleAdapter,
+    Unsupported,
+    copy_model,
+    expected_stages,
+    spec_keys,
+)
 from .custom import CustomAdapter
 from .hf import HFAdapter
 from .hf_families import HFFamilyAdapter
@@ -36,8 +46,10 @@ __all__ = [
     "TorchvisionAdapter",
     "Unsupported",
     "VitPytorchAdapter",
+    "copy_model",
     "detect",
     "expected_stages",
+    "find_adapter",
     "register",
     "spec_keys",
     "unregister",
@@ -76,11 +88,19 @@ def detect(model: nn.Module, **kwargs: Any) -> Adapter:
 
     Raises :class:`NoAdapterError` (an :class:`Unsupported`) naming the adapters tried.
     """
+    return find_adapter(model)(model, **kwargs)
+
+
+def find_adapter(model: nn.Module) -> type[Adapter]:
+    """The first registered adapter class that matches ``model`` (:func:`detect` without constructing it).
+
+    Raises :class:`NoAdapterError` (an :class:`Unsupported`) naming the adapters tried.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"detect() needs an nn.Module, got {type(model).__name__}")
     for cls in ADAPTERS:
         if cls.matches(model):
-            return cls(model, **kwargs)
+            return cls
     tried = ", ".join(dict.fromkeys(c.name for c in ADAPTERS))  # two "hf" adapters read as one library
     raise NoAdapterError(
         f"no adapter for {type(model).__module__}.{type(model).__qualname__} (tried: {tried}); "

@@ -346,14 +346,18 @@ def _fmt_shape(s: Iterable[int]) -> str:
     return "(" + ", ".join(map(str, s)) + ")"
 
 
-def apply_rules(rules: Sequence[Rule], tensors: Mapping[str, Any], *, library: str) -> dict[str, Tensor]:
+def apply_rules(
+    rules: Sequence[Rule], tensors: Mapping[str, Any], *, library: str, copy: bool = True
+) -> dict[str, Tensor]:
     """Map ``tensors`` (library names) to spec keys with ``rules``; strict and all-at-once.
 
     Every name must be claimed by a rule (else *unexpected*), every non-ignored rule must find
     exactly one of its names with a tensor of its shape (else *missing* / *mis-shaped*); all
     problems go into one :class:`~vitspec.errors.MappingError`. A ``None`` value (the ``.grad``
     of a parameter that got none) counts as missing for a mapped rule. Outputs are detached
-    contiguous copies, so the spec model never aliases the library's live parameters.
+    contiguous copies, so the spec model never aliases the library's live parameters; ``copy=False``
+    returns the rules' outputs as they are, views where a rule is a transpose or a split (for tensors
+    that are only read, e.g. gradients to compare).
     """
     owner: dict[str, int] = {}
     for i, r in enumerate(rules):
@@ -388,7 +392,7 @@ def apply_rules(rules: Sequence[Rule], tensors: Mapping[str, Any], *, library: s
         if len(parts) != len(r.targets):  # a bug in the adapter, not in the user's dict
             raise AssertionError(f"rule for {r.source} produced {len(parts)} tensors for {len(r.targets)} targets")
         for key, t in zip(r.targets, parts, strict=True):
-            out[key] = t.clone(memory_format=torch.contiguous_format)
+            out[key] = t.clone(memory_format=torch.contiguous_format) if copy else t
     if missing or unexpected or mismatched:
         raise MappingError(
             f"{library}: cannot map {len(tensors)} tensors onto the spec bundle",
@@ -698,16 +702,35 @@ def redefinitions(model: nn.Module, base: type, methods: Iterable[str]) -> list[
 
 
 # -- the adapter interface ---------------------------------------------------------------
-def _deep_copy(model: nn.Module, library: str) -> nn.Module:
-    """The adapter's own copy of ``model``; a model that refuses to be copied is a status, not a crash."""
+def copy_model(
+    model: nn.Module, library: str = "", *, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> nn.Module:
+    """A deep copy of ``model``; a model that refuses to be copied is :class:`Unsupported`, not a crash.
+
+    With ``device`` / ``dtype``, its floating-point parameters are copied straight into them (what
+    ``copy.to(device, dtype)`` would give, without first copying them as they are: one copy of the
+    weights instead of two). Buffers are copied as they are; ``.to`` the copy moves them.
+    """
+    memo: dict[int, Any] = {}
+    if device is not None or dtype is not None:
+        try:
+            memo = {id(p): _cast_parameter(p, device, dtype) for p in model.parameters() if type(p) is nn.Parameter}
+        except Exception:  # a parameter that cannot be cast: the caller's .to() reports it
+            memo = {}
     try:
-        return _copy.deepcopy(model)
+        return _copy.deepcopy(model, memo)
     except Exception as e:
         raise Unsupported(
             f"the model cannot be deep-copied ({type(e).__name__}: {e}); check it in place with "
             "check(..., consume=True), as `vitspec conform` does",
             library=library,
         ) from e
+
+
+def _cast_parameter(p: nn.Parameter, device: torch.device | None, dtype: torch.dtype | None) -> nn.Parameter:
+    """``p`` copied onto ``device`` (floating point: in ``dtype``), as ``Module.to`` casts it."""
+    t = p.detach().to(device=device, dtype=dtype if p.is_floating_point() else None, copy=True)
+    return nn.Parameter(t, requires_grad=p.requires_grad)
 
 
 class Adapter(ABC):
@@ -727,7 +750,7 @@ class Adapter(ABC):
     trunk: bool = False
 
     def __init__(self, model: nn.Module, *, copy: bool = True) -> None:
-        self.model: nn.Module = (_deep_copy(model, type(self).name) if copy else model).eval()
+        self.model: nn.Module = (copy_model(model, type(self).name) if copy else model).eval()
 
     def for_trunk(self) -> Adapter:
         """This adapter, describing the model for a trunk-only check (what was cached is recomputed)."""
@@ -745,8 +768,9 @@ class Adapter(ABC):
         """Config, input size, variant and profile; raises :class:`Unsupported` listing every problem."""
 
     @abstractmethod
-    def to_spec(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Library-named tensors (parameters or their gradients) -> spec keys (strict)."""
+    def to_spec(self, tensors: Mapping[str, Tensor], *, copy: bool = True) -> dict[str, Tensor]:
+        """Library-named tensors (parameters or their gradients) -> spec keys (strict); detached
+        contiguous copies, or with ``copy=False`` views where a rule allows (:func:`apply_rules`)."""
 
     @abstractmethod
     def links(self) -> list[tuple[str, tuple[str, ...]]]:
@@ -829,9 +853,9 @@ class RuleAdapter(Adapter):
             self._rules = rules
         return self._rules
 
-    def to_spec(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def to_spec(self, tensors: Mapping[str, Tensor], *, copy: bool = True) -> dict[str, Tensor]:
         desc = self.description()
-        out = apply_rules(self.rules(), tensors, library=self.name)
+        out = apply_rules(self.rules(), tensors, library=self.name, copy=copy)
         if desc.synthetic:
             like = next(iter(out.values()))
             out.update(self.synthetic(like))

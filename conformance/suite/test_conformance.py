@@ -62,6 +62,7 @@ def _run(opts: Any) -> Any:
     except ImportError as e:
         raise _TargetProblemError(f"cannot load conformance.targets: {e}") from None
     from conformance.compare import check
+    from conformance.inputs import weights_and_inputs
     from vitspec.errors import VitSpecError
 
     try:
@@ -71,14 +72,19 @@ def _run(opts: Any) -> Any:
     except ImportError as e:
         raise _TargetProblemError(f"--vit-target {opts.target}: an optional library is missing: {e}") from None
     try:
-        report = check(model, device=opts.device, dtype=opts.dtype, batch=opts.batch, seed=opts.seed)
-    except VitSpecError as e:  # bad options (e.g. --vit-device cuda without CUDA, --vit-batch 0)
+        inputs, how = weights_and_inputs(model, opts.weights, opts.input)
+        report = check(model, device=opts.device, dtype=opts.dtype, batch=opts.batch, seed=opts.seed, inputs=inputs)
+    except VitSpecError as e:  # bad options (--vit-device cuda without CUDA, a weights file that does not fit, ...)
         raise _TargetProblemError(f"--vit-* options: {e}") from None
     except SystemExit as e:  # the model's forward or a hook called sys.exit(): a failure, not a silent exit
         raise _TargetProblemError(f"--vit-target {opts.target}: the model called sys.exit({e.code!r})") from None
     except Exception as e:  # what check() could not turn into a status (e.g. a model that cannot be copied)
         raise _TargetProblemError(f"--vit-target {opts.target}: {type(e).__name__}: {e}") from None
     report.description.setdefault("target", opts.target)
+    if opts.weights:
+        report.description["weights"] = str(opts.weights)
+    if how:
+        report.description["input"] = how
     return report
 
 
