@@ -1,7 +1,7 @@
 """Shared benchmark plumbing: interleaved timing, peak-RSS measurement, result files.
 
 Timings are taken side by side in one process, alternating the contenders
-(A B A B ...) so machine noise hits both alike, and reported as medians and as
+(A B, B A, A B ...) so machine noise and order hit both alike, and reported as medians and as
 the ratio of medians. Peak memory on the CPU is the process's peak resident set
 (VmHWM) above the resident set just before the measured call, each contender in
 a fresh subprocess with a fixed mmap threshold so freed tensors go back to the OS
@@ -34,14 +34,18 @@ def _sync(device: str) -> None:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], *, reps: int, warmup: int = 1, device: str = "cpu") -> dict:
-    """Median seconds per contender, measured alternately ``reps`` times after ``warmup`` rounds."""
+    """Median seconds per contender, measured alternately ``reps`` times after ``warmup`` rounds.
+
+    The order reverses every round (A B, B A, A B, ...): whatever running first or second does to a
+    contender (caches warmed or evicted by the other, the allocator's state) falls on each alike."""
     for _ in range(warmup):
         for f in fns.values():
             f()
             _sync(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
+    order = list(fns.items())
+    for rep in range(reps):
+        for k, f in order if rep % 2 == 0 else order[::-1]:
             _sync(device)
             t = time.perf_counter()
             f()

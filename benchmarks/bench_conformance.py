@@ -9,7 +9,7 @@ Both ratios come from one run, each measured side by side:
 
 - **cold**: the first call in a fresh process, as a user runs it (``python -c "check(model)"``):
   ``--cold-reps`` rounds of two fresh subprocesses, one timing the check and one timing the
-  autograd step, alternating (A B A B ...) so machine noise hits both alike. The model is built
+  autograd step, alternating (A B, B A, A B ...) so machine noise and order hit both alike. The model is built
   (and, for the autograd step, cast to float64) before the clock starts; imports are not timed.
 - **warm**: both contenders alternating in this process after a warm-up round
   (:func:`_common.interleaved`), with a third beside them: the check with every isolated error
@@ -92,8 +92,8 @@ def _stats(runs: list[float]) -> dict[str, Any]:
 def _cold(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     runs: dict[str, list[float]] = {k: [] for k in CONTENDERS}
     base = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, "--device", args.device]
-    for _ in range(args.cold_reps):
-        for name in CONTENDERS:
+    for rep in range(args.cold_reps):
+        for name in CONTENDERS if rep % 2 == 0 else CONTENDERS[::-1]:
             cmd = [*base, "--batch", str(args.batch), "--cold", name]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])

@@ -180,7 +180,7 @@ def render_spec(results: Path = RESULTS) -> str:
             f"### {device}: {d.get('config', '?')}, batch {d.get('batch', '?')}, {d.get('dtype', '?')}",
             "",
             f"From `{_rel(path)}`. " + _machine(d["machine"]),
-            f"Each time is the median of {d.get('reps', '?')} interleaved repetitions (A B A B …); "
+            f"Each time is the median of {d.get('reps', '?')} interleaved repetitions (A B, B A, A B, …); "
             "the verdict compares the ratio of medians with the target.",
             "",
             *_spec_table(d),
@@ -256,7 +256,7 @@ def _render_conformance_cold(files: list[Path]) -> str:
     out += [
         "",
         f"Times are median (min) over the repetitions ({reps}); cold runs alternate fresh processes (check, "
-        "autograd, check, ...), warm runs alternate in one process after a warm-up round."
+        "autograd, autograd, check, ...), warm runs alternate in one process after a warm-up round."
         + (
             " Beside them, the check with every isolated error computed (a passing float64 check skips them): "
             + "; ".join(isolate)
