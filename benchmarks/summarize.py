@@ -258,9 +258,8 @@ def _render_conformance_cold(files: list[Path]) -> str:
         f"Times are median (min) over the repetitions ({reps}); cold runs alternate fresh processes (check, "
         "autograd, autograd, check, ...), warm runs alternate in one process after a warm-up round."
         + (
-            " Beside them, the check with every isolated error computed (a passing float64 check skips them): "
-            + "; ".join(isolate)
-            + "."
+            " Beside them, the check with every isolated error computed (a float64 check far inside its tolerance "
+            "skips the blocks'): " + "; ".join(isolate) + "."
             if isolate
             else ""
         ),

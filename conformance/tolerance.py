@@ -148,7 +148,8 @@ def errors(a: torch.Tensor, ref: torch.Tensor, *, scale: float | None = None) ->
     # One pass, no isfinite() sweep: max() propagates NaN, and an infinite difference stays inf. A
     # row-major operand goes first: torch iterates in its layout, several times faster when the other
     # is a transposed view (a library weight's gradient against the spec's (d_in, d_out) one).
-    first, second = (r64, a64) if a64.dim() and a64.stride(-1) != 1 and r64.stride(-1) == 1 else (a64, r64)
+    transposed = a64.dim() == r64.dim() > 0 and a64.stride(-1) != 1 and r64.stride(-1) == 1
+    first, second = (r64, a64) if transposed else (a64, r64)
     max_abs = float(torch.sub(first, second).abs_().max())
     if scale is None:
         scale = float(r64.abs().max())

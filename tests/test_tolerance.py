@@ -77,6 +77,21 @@ def test_errors_are_normwise() -> None:
     assert errors(a, ref, scale=1e-3).rel == pytest.approx(1.0)
 
 
+def test_errors_do_not_depend_on_the_layout_of_either_side() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, r = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.randn(5, 7, generator=g, dtype=torch.float64)
+    a[2, 3], r[4, 6] = float("nan"), float("inf")
+    want = errors(a.contiguous(), r.contiguous())
+    for x in (a, a.T.contiguous().T):  # the library weight's gradient may be a transposed view
+        for y in (r, r.T.contiguous().T):
+            got = errors(x, y)
+            assert (got.max_abs != got.max_abs) and (want.max_abs != want.max_abs)  # NaN stays NaN
+    finite_a, finite_r = a.nan_to_num(0.0), r.nan_to_num(0.0, 0.0)
+    base = errors(finite_a, finite_r)
+    assert errors(finite_a.T.contiguous().T, finite_r) == base == errors(finite_a, finite_r.T.contiguous().T)
+    assert errors(a.T.contiguous().T, torch.tensor(0.5, dtype=torch.float64)).max_abs != 0.0  # broadcasts
+
+
 def test_errors_of_zero_reference_and_empty() -> None:
     z = torch.zeros(4, dtype=torch.float64)
     assert errors(z, z).rel == 0.0

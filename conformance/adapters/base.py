@@ -713,8 +713,8 @@ def copy_model(
     """
     memo: dict[int, Any] = {}
     if device is not None or dtype is not None:
-        try:
-            memo = {id(p): _cast_parameter(p, device, dtype) for p in model.parameters() if type(p) is nn.Parameter}
+        try:  # a parameter already in the right place and dtype is deep-copied as usual
+            memo = {id(p): _cast_parameter(p, device, dtype) for p in model.parameters() if _moves(p, device, dtype)}
         except Exception:  # a parameter that cannot be cast: the caller's .to() reports it
             memo = {}
     try:
@@ -725,6 +725,15 @@ def copy_model(
             "check(..., consume=True), as `vitspec conform` does",
             library=library,
         ) from e
+
+
+def _moves(p: nn.Parameter, device: torch.device | None, dtype: torch.dtype | None) -> bool:
+    """Whether ``Module.to(device, dtype)`` would replace plain parameter ``p``."""
+    if type(p) is not nn.Parameter:
+        return False
+    return (device is not None and p.device != device) or (
+        dtype is not None and p.is_floating_point() and p.dtype != dtype
+    )
 
 
 def _cast_parameter(p: nn.Parameter, device: torch.device | None, dtype: torch.dtype | None) -> nn.Parameter:
