@@ -28,7 +28,8 @@ TARGET_GRAMMAR = (
     "or MODULE:FACTORY (a dotted module or a .py path and a function returning an nn.Module: "
     "examples/mutant_vit.py:make_model). LIBRARY targets take keyword overrides after '?', joined by '&': "
     "timm:vit_tiny_patch16_224?global_pool=avg&class_token=false (values are Python literals, "
-    "true/false/none, or strings). Weights are always random (seeded by --seed)."
+    "true/false/none, or strings). Weights are random (seeded by --seed) unless a --weights file fills them; "
+    "nothing is downloaded."
 )
 
 
