@@ -71,8 +71,9 @@ class StageResult:
     float64 check skipped it because every propagated error sat far inside the tolerance (a
     report note says so; docs/conformance.md, "When the isolated errors are computed").
     ``source`` names the module (and input/output) the tensor was read from; ``precision`` a
-    lower precision the model declares for this stage (its tolerance follows it). In native low-precision mode ``spec_lowp_err`` is the error of the spec itself
-    run in the model's dtype, and ``tol`` is derived from it.
+    lower precision the model declares for this stage (its tolerance follows it). In native
+    low-precision mode ``spec_lowp_err`` is the error of the spec itself run in the model's dtype,
+    and ``tol`` is derived from it.
     """
 
     name: str
