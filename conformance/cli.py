@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import signal
 import sys
 import threading
@@ -275,7 +276,21 @@ def _make_progress(enabled: bool) -> tuple[Callable[[str, int, int], None] | Non
 
 
 # -- running ---------------------------------------------------------------------------------
+def _converted(target: str) -> bool:
+    """Whether ``target`` is a file (``vitspec convert -o``) rather than a target string."""
+    return target.endswith(".safetensors") and os.path.isfile(target)
+
+
 def _build(target: str, seed: int) -> tuple[Any, str]:
+    if _converted(target):  # its metadata says what to build
+        from vitspec.errors import VitSpecError
+
+        from .conversion import load_converted
+
+        try:
+            return load_converted(target), os.path.basename(target)
+        except VitSpecError as e:
+            raise UsageError(str(e)) from None
     try:
         from .targets import TargetError, build_target
     except ImportError as e:
@@ -294,6 +309,8 @@ def _adapter(model: Any, target: str) -> Any:
     or None to let :func:`conformance.check` detect one."""
     from .targets import TargetError, adapter_options
 
+    if _converted(target):  # the file's description is the model's: no target options
+        return None
     try:
         options = adapter_options(target)
     except TargetError as e:

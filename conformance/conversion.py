@@ -53,7 +53,7 @@ from vitspec.profiles import Profile
 
 from .adapters import RuleAdapter, Unsupported, detect
 from .adapters.base import Adapter, Description, Rule
-from .diff import Comparison, build_operand, compare_models, differing_fields, spec_bundle
+from .diff import Comparison, compare_models, differing_fields, spec_bundle
 
 __all__ = [
     "BUILDERS",
@@ -66,6 +66,7 @@ __all__ = [
     "NotAnIndexMapError",
     "add_arguments",
     "build_for",
+    "build_operand",
     "conversion",
     "convert",
     "description_from_json",
@@ -164,6 +165,10 @@ def _timm(d: Description) -> nn.Module:
             kwargs[kw] = getattr(p, f)
     if getattr(p, "pos_prefix", "all") == "none":
         kwargs["no_embed_class"] = True
+    if p.head == "distilled":  # DeiT's class and distillation tokens, the mean of their two heads (eval)
+        from timm.models.deit import VisionTransformerDistilled
+
+        return VisionTransformerDistilled(**kwargs)
     return VisionTransformer(**kwargs)
 
 
@@ -200,21 +205,29 @@ def _torchvision(d: Description) -> nn.Module:
 
 
 def _hf(d: Description) -> nn.Module:
-    import transformers
+    """The transformers class that can compute ``d``: DeiT with its teacher head for a distilled model,
+    DINOv2 (with registers) for LayerScale, else ViT."""
+    if d.profile.head == "distilled":
+        return _hf_deit(d)
+    if d.profile.layer_scale:
+        return _hf_dinov2(d)
+    return _hf_vit(d)
 
+
+def _hf_common(d: Description, family: str) -> dict[str, Any]:
+    """The config fields every transformers ViT family shares; :class:`CannotExpress` for what none takes."""
     p, c = d.profile, d.cfg
     bad = []
     if p.activation not in _ACT_HF:
         bad.append(f"activation: {p.activation} (no transformers hidden_act is built for it)")
     if d.variant != "cls":
-        bad.append("class token: none (transformers ViT: always a class token)")
+        bad.append(f"class token: none (transformers {family}: always a class token)")
     if bad:
         raise CannotExpress(bad, library="hf")
-    config = transformers.ViTConfig(
+    return dict(
         hidden_size=c.embed_dim,
         num_hidden_layers=c.num_layers,
         num_attention_heads=c.head_count,
-        intermediate_size=c.hidden_dim,
         hidden_act=_ACT_HF[p.activation],
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
@@ -224,7 +237,48 @@ def _hf(d: Description) -> nn.Module:
         num_channels=d.in_c,
         qkv_bias=p.qkv_bias,
     )
-    config.num_labels = c.num_classes if d.has_head else 2  # a property (also sets id2label): not an init kwarg
+
+
+def _hf_deit(d: Description) -> nn.Module:
+    import transformers
+
+    config = transformers.DeiTConfig(**_hf_common(d, "DeiT"), intermediate_size=d.cfg.hidden_dim)
+    config.num_labels = d.cfg.num_classes
+    return transformers.DeiTForImageClassificationWithTeacher(config)
+
+
+def _hf_dinov2(d: Description) -> nn.Module:
+    import transformers
+
+    c, regs = d.cfg, d.profile.reg_tokens
+    bad = _square(d, "transformers DINOv2")  # it resamples its position table for any other input
+    if c.hidden_dim % c.embed_dim:
+        bad.append(f"FFN width: {c.hidden_dim} (transformers DINOv2: mlp_ratio x {c.embed_dim}, an integer ratio)")
+    if d.profile.ffn != "mlp":
+        bad.append(f"FFN: {d.profile.ffn} (the DINOv2 conversion builds the two-layer MLP)")
+    if bad:
+        raise CannotExpress(bad, library="hf")
+    kwargs = {**_hf_common(d, "DINOv2"), "mlp_ratio": c.hidden_dim // c.embed_dim, "use_mask_token": False}
+    kwargs["image_size"], kwargs["patch_size"] = d.in_h, c.patch_h
+    head: Any
+    backbone: Any
+    if regs:
+        config: Any = transformers.Dinov2WithRegistersConfig(**kwargs, num_register_tokens=regs)
+        head, backbone = transformers.Dinov2WithRegistersForImageClassification, transformers.Dinov2WithRegistersModel
+    else:
+        config = transformers.Dinov2Config(**kwargs)
+        head, backbone = transformers.Dinov2ForImageClassification, transformers.Dinov2Model
+    if not d.has_head:
+        return backbone(config)
+    config.num_labels = c.num_classes
+    return head(config)
+
+
+def _hf_vit(d: Description) -> nn.Module:
+    import transformers
+
+    config = transformers.ViTConfig(**_hf_common(d, "ViT"), intermediate_size=d.cfg.hidden_dim)
+    config.num_labels = d.cfg.num_classes if d.has_head else 2  # a property (also sets id2label): not an init kwarg
     if d.has_head:
         return transformers.ViTForImageClassification(config)
     return transformers.ViTModel(config, add_pooling_layer=False)  # the pooler is outside the spec
@@ -494,6 +548,22 @@ def load_converted(path: str | os.PathLike[str]) -> nn.Module:
     except RuntimeError as e:
         raise ConvertError(f"{os.fspath(path)!r} does not fit the model it describes: {e}") from None
     return model.eval()
+
+
+def build_operand(target: str, *, seed: int = 0, weights: str | None = None) -> nn.Module:
+    """The model a command line names: a target (:func:`conformance.targets.build_target`), or a
+    ``.safetensors`` file ``vitspec convert -o`` wrote (:func:`load_converted`: its metadata says what to
+    build); then ``weights`` loaded into it (:func:`conformance.weights.load_weights`)."""
+    from .targets import build_target
+    from .weights import load_weights
+
+    if target.endswith(".safetensors") and os.path.isfile(target):
+        model = load_converted(target)
+    else:
+        model, _ = build_target(target, seed=seed)
+    if weights:
+        load_weights(model, weights)
+    return model
 
 
 # -- the command ----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``compare_models(a, b)`` / ``vitspec diff A B``: do two ViTs compute the same function? (docs/diff-convert.md)
+"""``compare_models(a, b)``: do two ViTs compute the same function? (docs/diff-convert.md; the command
+``vitspec diff A B`` is :mod:`conformance.diff_command`)
 
 Both models are mapped onto the spec through their adapters, so models of different libraries are
 compared key by key and stage by stage in one vocabulary:
@@ -27,13 +28,11 @@ not see (the attention key bias: softmax ignores it) are reported as notes, not 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,13 +43,13 @@ import torch
 from torch import Tensor, nn
 
 from vitspec._fs import atomic_write_text
-from vitspec.cli import EXIT_UNSUPPORTED, EXIT_USAGE, one_line
-from vitspec.errors import ConfigError, VitSpecError
+from vitspec.cli import one_line
+from vitspec.errors import ConfigError
 from vitspec.profiles import Profile
 from vitspec.profiles import deviations as profile_deviations
 from vitspec.schema import grad_group, group_rank
 
-from .adapters import Unsupported, detect, expected_stages
+from .adapters import detect, expected_stages
 from .adapters.base import Description
 from .capture import capture
 from .compare import check
@@ -64,12 +63,10 @@ __all__ = [
     "ParamDiff",
     "Side",
     "StageDiff",
-    "add_arguments",
-    "build_operand",
     "compare_models",
     "description_diff",
     "differing_fields",
-    "run",
+    "render",
     "spec_bundle",
 ]
 
@@ -636,68 +633,3 @@ def render(cmp: Comparison, stream: IO[str], *, quiet: bool = False) -> None:
     print("deviations B: " + ("; ".join(cmp.b.deviations) or "none"), file=stream)
     for n in cmp.notes:
         print(f"note: {n}", file=stream)
-
-
-# -- the command ----------------------------------------------------------------------------------------------------
-EXIT_STATUS = (
-    "exit status: 0 same function (every stage and gradient within the tolerance), 1 not, "
-    "2 usage error (bad target, unreadable weights or input, unwritable output), 3 the spec cannot express A or B"
-)
-
-
-def build_operand(target: str, *, seed: int = 0, weights: str | None = None) -> nn.Module:
-    """A model from a target string (:func:`conformance.targets.build_target`), with ``weights`` loaded."""
-    from .targets import build_target
-
-    model, _ = build_target(target, seed=seed)
-    if weights:
-        from .weights import load_weights
-
-        load_weights(model, weights)
-    return model
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``vitspec diff`` arguments."""
-    from vitspec.argtypes import TARGET_GRAMMAR, nonempty_str, output_path, positive_int, seed_int
-
-    parser.add_argument("a", type=nonempty_str, metavar="A", help="first model (TARGET grammar below)")
-    parser.add_argument("b", type=nonempty_str, metavar="B", help="second model")
-    parser.add_argument("--weights-a", metavar="PATH", help="load real weights into A (strict key match)")
-    parser.add_argument("--weights-b", metavar="PATH", help="load real weights into B (strict key match)")
-    parser.add_argument("--input", metavar="PATH", help="compare on real inputs (an image, a directory, a tensor)")
-    parser.add_argument("--batch", type=positive_int, default=2, metavar="N", help="input batch size (default: 2)")
-    parser.add_argument("--seed", type=seed_int, default=0, metavar="N", help="seed for weights, input, cotangent")
-    parser.add_argument("--no-grads", dest="grads", action="store_false", help="compare the forward pass only")
-    parser.add_argument("--no-spec", dest="against_spec", action="store_false", help="skip each model's own check")
-    parser.add_argument("--json", metavar="PATH", type=output_path, help="write the comparison as JSON")
-    parser.add_argument("--markdown", metavar="PATH", type=output_path, help="write the comparison as Markdown")
-    parser.add_argument("--quiet", "-q", action="store_true", help="print only the verdict line")
-    parser.epilog = f"{TARGET_GRAMMAR}\n\n{EXIT_STATUS}"
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-
-
-def run(args: argparse.Namespace, *, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
-    """Run a parsed ``diff`` command; returns the exit code (0 same function, 1 not, 2 usage, 3 unsupported)."""
-    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
-    try:
-        a = build_operand(args.a, seed=args.seed, weights=args.weights_a)
-        b = build_operand(args.b, seed=args.seed, weights=args.weights_b)
-        inputs = None
-        if args.input:
-            from .inputs import load_inputs
-
-            inputs, _ = load_inputs(args.input, a)
-        cmp = compare_models(
-            a, b, batch=args.batch, seed=args.seed, grads=args.grads, inputs=inputs,
-            against_spec=args.against_spec, labels=(args.a, args.b),
-        )  # fmt: skip
-    except Unsupported as e:
-        print(f"UNSUPPORTED: {one_line(e)}", file=stderr)
-        return EXIT_UNSUPPORTED
-    except VitSpecError as e:
-        print(f"vitspec diff: error: {one_line(e)}", file=stderr)
-        return EXIT_USAGE
-    cmp.write_reports(args.json, args.markdown)
-    render(cmp, stderr if "-" in (args.json, args.markdown) else stdout, quiet=args.quiet)
-    return cmp.exit_code

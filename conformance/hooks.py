@@ -3,7 +3,7 @@
 
 - :data:`COMMAND` (group ``vitspec.commands``): ``vitspec conform``, the same arguments, ``run``
   and exit codes as ``python -m conformance`` (:mod:`conformance.cli`); :data:`DIFF_COMMAND` and
-  :data:`CONVERT_COMMAND`: ``vitspec diff`` (:mod:`conformance.diff`) and ``vitspec convert``
+  :data:`CONVERT_COMMAND`: ``vitspec diff`` (:mod:`conformance.diff_command`) and ``vitspec convert``
   (:mod:`conformance.conversion`);
 - :func:`spec_model_for_target` (group ``vitspec.target_models``): the spec model that computes
   what a third-party ViT computes, for ``vitspec attention-map --target``.
@@ -34,7 +34,7 @@ COMMAND = Command(
 DIFF_COMMAND = Command(
     "diff",
     "do two ViTs (any libraries) compute the same function? weights, stages, gradients, through the spec",
-    "conformance.diff",
+    "conformance.diff_command",
     "Compare two ViTs through the spec: parameter agreement per spec key, then stage by stage and gradient by "
     "gradient on the same seeded input, A vs B and each vs the spec, with the first point where they part and why "
     "(weights or a variation point). Exit status: 0 same function, 1 not, 2 usage error, 3 unsupported model.",

@@ -73,6 +73,34 @@ def test_round_trip_through_another_library_is_bit_exact(via: str, dtype: torch.
     _assert_same_state(src, back)
 
 
+#: timm models whose variation points only a transformers family beyond ViT expresses, and that family.
+FAMILIES = [
+    ("timm:vit_small_patch14_dinov2?depth=2&img_size=28&embed_dim=64&num_heads=4", "Dinov2Model"),  # LayerScale
+    (
+        "timm:deit_tiny_distilled_patch16_224?depth=2&img_size=32&patch_size=8&embed_dim=64&num_heads=4&num_classes=10",
+        "DeiTForImageClassificationWithTeacher",  # distillation token, the mean of two heads
+    ),
+]
+
+
+@pytest.mark.parametrize(("target", "hf_class"), FAMILIES)
+def test_beyond_vit_the_transformers_family_that_expresses_it_round_trips(target: str, hf_class: str) -> None:
+    src = _timm(target)
+    done = conversion(src, to="hf")
+    assert type(done.model).__name__ == hf_class
+    assert done.comparison is not None and done.comparison.ok  # verified: the same function, every gradient
+    back = convert(done.model, to="timm")
+    assert type(back) is type(src)
+    _assert_same_state(src, back)
+
+
+def test_a_dinov2_head_on_the_class_token_is_refused_by_name() -> None:
+    # transformers' DINOv2 classifier reads [CLS; mean of the patch tokens], never the class token alone
+    model = _timm("timm:vit_small_patch14_dinov2?depth=1&img_size=28&embed_dim=64&num_heads=4&num_classes=10")
+    with pytest.raises(CannotExpress, match=r"pooling: token \(hf: cls_mean_concat\)"):
+        convert(model, to="hf")
+
+
 def test_converted_model_is_the_target_library_and_computes_the_same_function() -> None:
     import transformers
 
@@ -222,6 +250,30 @@ def test_cli_diff_exit_codes_after_convert(tmp_path: Path, capsys: pytest.Captur
     assert code == 1
     headline = stdout.splitlines()[0]
     assert "encoder.1.ffn.b2" in headline and "blocks.1.mlp" in headline
+
+
+def test_a_converted_file_is_a_model_for_diff_and_conform(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The file carries its description: no target needed to rebuild the converted model, any family.
+    dino = "timm:vit_small_patch14_dinov2?depth=1&img_size=28&embed_dim=64&num_heads=4"
+    out = tmp_path / "dinov2.safetensors"
+    assert _vitspec(["convert", dino, "--to", "hf", "-o", str(out)], capsys)[0] == 0
+    code, stdout, err = _vitspec(["diff", dino, str(out), "--no-spec", "-q"], capsys)
+    assert code == 0 and stdout.startswith("SAME FUNCTION"), stdout + err
+    code, stdout, err = _vitspec(["conform", str(out), "-q", "--no-grads"], capsys)
+    assert code == 0 and stdout.startswith("PASS: hf:Dinov2Model"), stdout + err
+    sd = safetensors_torch.load_file(str(out))
+    sd["encoder.layer.0.layer_scale1.lambda1"][5] += 1e-3  # the converted model, one LayerScale entry off
+    with safetensors_torch.safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    bad = tmp_path / "dinov2_perturbed.safetensors"
+    safetensors_torch.save_file(sd, str(bad), metadata=meta)
+    code, stdout, _ = _vitspec(["diff", dino, str(bad), "--no-spec"], capsys)
+    assert code == 1 and "blocks.0" in stdout.splitlines()[0]
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    for argv in (["diff", dino, str(junk)], ["conform", str(junk)]):
+        code, _, err = _vitspec(argv, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot read" in err, err
 
 
 @pytest.mark.parametrize(
