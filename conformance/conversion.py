@@ -121,8 +121,22 @@ _ACT_TIMM: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "gelu_erf": nn.GELU,
     "gelu_tanh": partial(nn.GELU, approximate="tanh"),
+    "quick_gelu": lambda: _timm_layer("QuickGELU"),
+    "silu": nn.SiLU,
 }
-_ACT_HF = {"relu": "relu", "gelu_erf": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+_ACT_HF = {
+    "relu": "relu",
+    "gelu_erf": "gelu",
+    "gelu_tanh": "gelu_pytorch_tanh",
+    "quick_gelu": "quick_gelu",
+    "silu": "silu",
+}
+
+
+def _timm_layer(name: str) -> nn.Module:
+    import timm.layers
+
+    return getattr(timm.layers, name)()  # type: ignore[no-any-return]
 
 
 def _mlp_ratio(d: Description) -> float:

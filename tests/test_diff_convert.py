@@ -73,8 +73,10 @@ def test_round_trip_through_another_library_is_bit_exact(via: str, dtype: torch.
     _assert_same_state(src, back)
 
 
-#: timm models whose variation points only a transformers family beyond ViT expresses, and that family.
+#: timm models with variation points beyond TorchLean's, and the transformers class that expresses them.
 FAMILIES = [
+    (TIMM + "&act_layer=quick_gelu", "ViTForImageClassification"),  # transformers' hidden_act="quick_gelu"
+    (TIMM + "&act_layer=silu", "ViTForImageClassification"),
     ("timm:vit_small_patch14_dinov2?depth=2&img_size=28&embed_dim=64&num_heads=4", "Dinov2Model"),  # LayerScale
     (
         "timm:deit_tiny_distilled_patch16_224?depth=2&img_size=32&patch_size=8&embed_dim=64&num_heads=4&num_classes=10",
@@ -84,7 +86,7 @@ FAMILIES = [
 
 
 @pytest.mark.parametrize(("target", "hf_class"), FAMILIES)
-def test_beyond_vit_the_transformers_family_that_expresses_it_round_trips(target: str, hf_class: str) -> None:
+def test_beyond_the_spec_the_transformers_class_that_expresses_it_round_trips(target: str, hf_class: str) -> None:
     src = _timm(target)
     done = conversion(src, to="hf")
     assert type(done.model).__name__ == hf_class
