@@ -277,8 +277,9 @@ def _make_progress(enabled: bool) -> tuple[Callable[[str, int, int], None] | Non
 
 # -- running ---------------------------------------------------------------------------------
 def _converted(target: str) -> bool:
-    """Whether ``target`` is a file (``vitspec convert -o``) rather than a target string."""
-    return target.endswith(".safetensors") and os.path.isfile(target)
+    """Whether ``target`` is a file (``vitspec convert -o``): a target string names a library or a
+    factory (``path.py:factory``), never a file alone."""
+    return os.path.isfile(target)
 
 
 def _build(target: str, seed: int) -> tuple[Any, str]:

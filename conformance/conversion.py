@@ -221,7 +221,7 @@ def _torchvision(d: Description) -> nn.Module:
 def _hf(d: Description) -> nn.Module:
     """The transformers class that can compute ``d``: DeiT with its teacher head for a distilled model,
     DINOv2 (with registers) for LayerScale, else ViT."""
-    if d.profile.head == "distilled":
+    if d.profile.dist_token:
         return _hf_deit(d)
     if d.profile.layer_scale:
         return _hf_dinov2(d)
@@ -254,11 +254,15 @@ def _hf_common(d: Description, family: str) -> dict[str, Any]:
 
 
 def _hf_deit(d: Description) -> nn.Module:
+    """DeiT's class and distillation tokens: the mean of two heads (``WithTeacher``), or one head on
+    the class token."""
     import transformers
 
     config = transformers.DeiTConfig(**_hf_common(d, "DeiT"), intermediate_size=d.cfg.hidden_dim)
     config.num_labels = d.cfg.num_classes
-    return transformers.DeiTForImageClassificationWithTeacher(config)
+    if d.profile.head == "distilled":
+        return transformers.DeiTForImageClassificationWithTeacher(config)
+    return transformers.DeiTForImageClassification(config)
 
 
 def _hf_dinov2(d: Description) -> nn.Module:
@@ -272,7 +276,7 @@ def _hf_dinov2(d: Description) -> nn.Module:
         bad.append(f"FFN: {d.profile.ffn} (the DINOv2 conversion builds the two-layer MLP)")
     if bad:
         raise CannotExpress(bad, library="hf")
-    kwargs = {**_hf_common(d, "DINOv2"), "mlp_ratio": c.hidden_dim // c.embed_dim, "use_mask_token": False}
+    kwargs = {**_hf_common(d, "DINOv2"), "mlp_ratio": c.hidden_dim // c.embed_dim}
     kwargs["image_size"], kwargs["patch_size"] = d.in_h, c.patch_h
     head: Any
     backbone: Any
@@ -527,7 +531,7 @@ def description_from_json(text: str) -> Description:
             profile=profile,
             has_head=bool(data["has_head"]),
         )
-    except (ValueError, KeyError, TypeError, VitSpecError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, VitSpecError) as e:  # any malformed field
         raise ConvertError(f"not a vitspec description ({type(e).__name__}: {e})") from None
 
 
@@ -552,11 +556,17 @@ def load_converted(path: str | os.PathLike[str]) -> nn.Module:
     except Exception as e:  # unreadable, not safetensors: one line
         raise ConvertError(f"cannot read {os.fspath(path)!r}: {type(e).__name__}: {e}") from None
     if METADATA_KEY not in meta:
-        raise ConvertError(f"{os.fspath(path)!r} was not written by vitspec convert (no {METADATA_KEY} metadata)")
+        raise ConvertError(
+            f"{os.fspath(path)!r} was not written by vitspec convert (no {METADATA_KEY} metadata): name its "
+            "architecture as a target and load the file with --weights"
+        )
     d = description_from_json(meta[METADATA_KEY])
+    dtypes = {t.dtype for t in sd.values() if t.is_floating_point()}
+    if len(dtypes) != 1:  # a model convert wrote has one floating dtype
+        found = ", ".join(sorted(str(t).removeprefix("torch.") for t in dtypes)) or "none"
+        raise ConvertError(f"{os.fspath(path)!r}: its floating-point tensors have dtypes {found}, not one")
     model = build_for(d, d.library)
-    like = next(iter(sd.values()))
-    model.to(dtype=like.dtype)
+    model.to(dtype=dtypes.pop())
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
@@ -565,13 +575,13 @@ def load_converted(path: str | os.PathLike[str]) -> nn.Module:
 
 
 def build_operand(target: str, *, seed: int = 0, weights: str | None = None) -> nn.Module:
-    """The model a command line names: a target (:func:`conformance.targets.build_target`), or a
-    ``.safetensors`` file ``vitspec convert -o`` wrote (:func:`load_converted`: its metadata says what to
-    build); then ``weights`` loaded into it (:func:`conformance.weights.load_weights`)."""
+    """The model a command line names: a target (:func:`conformance.targets.build_target`), or a file
+    ``vitspec convert -o`` wrote (:func:`load_converted`: its metadata says what to build); then
+    ``weights`` loaded into it (:func:`conformance.weights.load_weights`)."""
     from .targets import build_target
     from .weights import load_weights
 
-    if target.endswith(".safetensors") and os.path.isfile(target):
+    if os.path.isfile(target):  # a target string names a library or a factory, never a file alone
         model = load_converted(target)
     else:
         model, _ = build_target(target, seed=seed)

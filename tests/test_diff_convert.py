@@ -96,6 +96,23 @@ def test_beyond_the_spec_the_transformers_class_that_expresses_it_round_trips(ta
     _assert_same_state(src, back)
 
 
+def test_hf_sources_beyond_vit_convert_and_keep_every_tensor_their_class_has() -> None:
+    import transformers
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
+    dino = transformers.Dinov2Model(transformers.Dinov2Config(**small, mlp_ratio=4)).double().eval()
+    back = convert(convert(dino, to="timm"), to="hf")
+    _assert_same_state(dino, back)  # mask_token included: the state_dict loads into a stock Dinov2Model
+    deit = transformers.DeiTForImageClassification(transformers.DeiTConfig(**small, intermediate_size=128))
+    deit.config.num_labels = 10
+    deit = transformers.DeiTForImageClassification(deit.config).double().eval()  # distillation token, one head
+    done = conversion(deit, to="hf")
+    assert type(done.model) is transformers.DeiTForImageClassification and done.comparison is not None
+    assert done.comparison.ok
+    _assert_same_state(deit, done.model)
+
+
 def test_a_dinov2_head_on_the_class_token_is_refused_by_name() -> None:
     # transformers' DINOv2 classifier reads [CLS; mean of the patch tokens], never the class token alone
     model = _timm("timm:vit_small_patch14_dinov2?depth=1&img_size=28&embed_dim=64&num_heads=4&num_classes=10")
@@ -273,9 +290,16 @@ def test_a_converted_file_is_a_model_for_diff_and_conform(tmp_path: Path, capsys
     assert code == 1 and "blocks.0" in stdout.splitlines()[0]
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a safetensors file")
-    for argv in (["diff", dino, str(junk)], ["conform", str(junk)]):
-        code, _, err = _vitspec(argv, capsys)
-        assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot read" in err, err
+    tampered = tmp_path / "tampered.bin"  # any file name: a target string never names a file alone
+    description = json.loads(meta["vitspec.description"])
+    description["profile"] = [1]
+    safetensors_torch.save_file(sd, str(tampered), metadata={**meta, "vitspec.description": json.dumps(description)})
+    mixed = tmp_path / "mixed.safetensors"
+    safetensors_torch.save_file({**sd, "embeddings.cls_token": sd["embeddings.cls_token"].half()}, str(mixed), meta)
+    for path, why in ((junk, "cannot read"), (tampered, "not a vitspec description"), (mixed, "dtypes")):
+        for argv in (["diff", dino, str(path)], ["conform", str(path)]):
+            code, _, err = _vitspec(argv, capsys)
+            assert code == 2 and len(err.strip().splitlines()) == 1 and why in err, err
 
 
 @pytest.mark.parametrize(
