@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from vitspec._fs import atomic_write_bytes
 from vitspec.cli import EXIT_FAIL, EXIT_OK, EXIT_UNSUPPORTED, EXIT_USAGE
 from vitspec.config import ViTConfig
-from vitspec.errors import VitSpecError
+from vitspec.errors import MappingError, VitSpecError
 from vitspec.profiles import Profile
 
 from .adapters import RuleAdapter, Unsupported, detect
@@ -631,7 +631,7 @@ def run(args: argparse.Namespace, *, stdout: IO[str] | None = None, stderr: IO[s
         e.comparison.write_reports(args.json, args.markdown)
         print(f"MISMATCH: {one_line(e)}", file=stderr)
         return EXIT_FAIL
-    except Unsupported as e:  # CannotExpress included: the point is named
+    except (Unsupported, MappingError) as e:  # CannotExpress included: the point is named
         print(f"UNSUPPORTED: {args.source} -> {args.to}: {one_line(e)}", file=stderr)
         return EXIT_UNSUPPORTED
     except VitSpecError as e:

@@ -11,7 +11,7 @@ import sys
 from typing import IO
 
 from vitspec.cli import EXIT_UNSUPPORTED, EXIT_USAGE, one_line
-from vitspec.errors import VitSpecError
+from vitspec.errors import MappingError, VitSpecError
 
 from .adapters import Unsupported
 from .conversion import build_operand
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, *, stdout: IO[str] | None = None, stderr: IO[s
             a, b, batch=args.batch, seed=args.seed, grads=args.grads, inputs=inputs,
             against_spec=args.against_spec, labels=(args.a, args.b),
         )  # fmt: skip
-    except Unsupported as e:
+    except (Unsupported, MappingError) as e:  # the model's parameters do not map: as check() says, UNSUPPORTED
         print(f"UNSUPPORTED: {one_line(e)}", file=stderr)
         return EXIT_UNSUPPORTED
     except VitSpecError as e:

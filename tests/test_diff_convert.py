@@ -342,3 +342,12 @@ def test_cli_diff_on_a_saved_input_tensor(tmp_path: Path, capsys: pytest.Capture
     assert code == 0, stdout + err
     text = report.read_text()
     assert "| blocks.1.mlp |" in text and "SAME FUNCTION" in text
+
+
+def test_a_model_whose_parameters_do_not_map_is_unsupported_as_in_check(capsys: pytest.CaptureFixture[str]) -> None:
+    # timm's distilled DeiT without classes has no second head to map: check() says UNSUPPORTED, so do
+    # convert and diff (exit 3, one line), not a usage error.
+    odd = "timm:deit_tiny_distilled_patch16_224?img_size=32&patch_size=8&depth=1&embed_dim=64&num_heads=4&num_classes=0"
+    for argv in (["convert", odd, "--to", "hf"], ["diff", odd, odd]):
+        code, _, err = _vitspec(argv, capsys)
+        assert code == 3 and err.startswith("UNSUPPORTED") and len(err.strip().splitlines()) == 1, err
