@@ -102,8 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--isolate",
         action="store_true",
-        help="compute every stage's isolated error even where it cannot change the verdict (a float64 check "
-        "whose stages all pass propagated skips them: about one spec forward saved)",
+        help="isolate every encoder block, also where it cannot change the verdict (a float64 check whose "
+        "propagated errors all sit far inside the tolerance skips them: about one spec forward saved)",
     )
     parser.add_argument(
         "--trunk-only",
@@ -276,17 +276,11 @@ def _make_progress(enabled: bool) -> tuple[Callable[[str, int, int], None] | Non
 
 
 # -- running ---------------------------------------------------------------------------------
-def _converted(target: str) -> bool:
-    """Whether ``target`` is a file (``vitspec convert -o``): a target string names a library or a
-    factory (``path.py:factory``), never a file alone."""
-    return os.path.isfile(target)
-
-
 def _build(target: str, seed: int) -> tuple[Any, str]:
-    if _converted(target):  # its metadata says what to build
-        from vitspec.errors import VitSpecError
+    from .conversion import is_converted_file, load_converted
 
-        from .conversion import load_converted
+    if is_converted_file(target):  # its metadata says what to build
+        from vitspec.errors import VitSpecError
 
         try:
             return load_converted(target), os.path.basename(target)
@@ -308,9 +302,10 @@ def _build(target: str, seed: int) -> tuple[Any, str]:
 def _adapter(model: Any, target: str) -> Any:
     """The adapter the target's options ask for (``?input_hw=32x64``, :func:`conformance.targets.adapter_options`),
     or None to let :func:`conformance.check` detect one."""
+    from .conversion import is_converted_file
     from .targets import TargetError, adapter_options
 
-    if _converted(target):  # the file's description is the model's: no target options
+    if is_converted_file(target):  # the file's description is the model's: no target options
         return None
     try:
         options = adapter_options(target)

@@ -242,7 +242,7 @@ class _Context:
     model_t64: dict[str, Tensor] = field(default_factory=dict)  # the same in float64: isolation inputs
     ref_t: dict[str, Tensor] = field(default_factory=dict)  # spec64 stage tensors
     precision: dict[str, str] = field(default_factory=dict)  # stage -> declared coarser dtype
-    isolate: bool = False  # isolated errors always (else where they can matter: _isolation_decides)
+    isolate: bool = False  # isolate every block (else where it can matter: _blocks_need_isolation)
 
     @property
     def model(self) -> nn.Module:
@@ -285,10 +285,10 @@ def check(
     out, for a model whose only inexpressible part is its head (a pre-logits layer, a custom classifier);
     the report says the head was not checked (docs/conformance.md, "Trunk-only checks").
     ``isolate=True``: compute every stage's isolated error (the spec's stage on the model's own input of
-    it). By default they are computed wherever they can change the verdict or locate a divergence; a
-    float64 check with no declared lower precision whose stages all pass propagated skips them, with a
-    note: there the two comparisons share one tolerance (docs/conformance.md, "Compare, two ways"), and
-    skipping saves about one spec forward.
+    it). By default the encoder blocks' are computed only where they can matter: a float64 check with no
+    declared lower precision whose propagated errors all sit below 1/:data:`ISOLATION_MARGIN` of the
+    tolerance skips them, with a note (:func:`_blocks_need_isolation`; docs/conformance.md, "When the
+    isolated errors are computed"), which saves about one spec forward.
     Never raises for a model problem: UNSUPPORTED / CRASH / NONFINITE / MISMATCH are statuses.
     Raises :class:`~vitspec.errors.ConfigError` for bad arguments (batch, dtype, device, inputs, revision).
     The check is run with autograd on even inside ``torch.inference_mode()`` / ``torch.no_grad()``.

@@ -72,6 +72,7 @@ __all__ = [
     "description_from_json",
     "description_to_json",
     "expressible",
+    "is_converted_file",
     "load_converted",
     "run",
     "save_converted",
@@ -219,8 +220,8 @@ def _torchvision(d: Description) -> nn.Module:
 
 
 def _hf(d: Description) -> nn.Module:
-    """The transformers class that can compute ``d``: DeiT with its teacher head for a distilled model,
-    DINOv2 (with registers) for LayerScale, else ViT."""
+    """The transformers class that can compute ``d``: DeiT for a distillation token, DINOv2 (with
+    registers) for LayerScale, else ViT. Whether it really does is :func:`expressible`'s question."""
     if d.profile.dist_token:
         return _hf_deit(d)
     if d.profile.layer_scale:
@@ -574,6 +575,12 @@ def load_converted(path: str | os.PathLike[str]) -> nn.Module:
     return model.eval()
 
 
+def is_converted_file(target: str) -> bool:
+    """Whether a command line's model is a file (one ``vitspec convert -o`` wrote, for :func:`load_converted`)
+    rather than a target string, which names a library or a factory (``path.py:factory``), never a file."""
+    return os.path.isfile(target)
+
+
 def build_operand(target: str, *, seed: int = 0, weights: str | None = None) -> nn.Module:
     """The model a command line names: a target (:func:`conformance.targets.build_target`), or a file
     ``vitspec convert -o`` wrote (:func:`load_converted`: its metadata says what to build); then
@@ -581,7 +588,7 @@ def build_operand(target: str, *, seed: int = 0, weights: str | None = None) -> 
     from .targets import build_target
     from .weights import load_weights
 
-    if os.path.isfile(target):  # a target string names a library or a factory, never a file alone
+    if is_converted_file(target):
         model = load_converted(target)
     else:
         model, _ = build_target(target, seed=seed)
