@@ -383,3 +383,15 @@ def test_suite_reports_weights_that_do_not_fit(pytester: pytest.Pytester, tmp_pa
     )
     assert res.ret == 1
     res.stdout.fnmatch_lines(["--vit-* options: *tv.safetensors' does not match the model: 12 unexpected: blocks.1.*"])
+
+
+def test_suite_checks_a_file_vitspec_convert_wrote(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    from conformance.conversion import conversion, save_converted
+
+    source, _ = build_target(TINY["timm"], seed=1)
+    path = tmp_path / "as_hf.safetensors"
+    save_converted(conversion(source, to="hf"), path)
+    out = tmp_path / "r.json"
+    res = pytester.runpytest_inprocess(SUITE, "-p", "no:cacheprovider", f"--vit-target={path}", f"--vit-json={out}")
+    assert res.ret == 0, res.stdout.str()
+    assert json.loads(out.read_text())["description"]["library"] == "hf"

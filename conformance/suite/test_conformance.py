@@ -58,16 +58,16 @@ class _TargetProblemError(Exception):
 
 def _run(opts: Any) -> Any:
     try:
-        from conformance.targets import TargetError, build_target
+        from conformance.conversion import build_operand
     except ImportError as e:
-        raise _TargetProblemError(f"cannot load conformance.targets: {e}") from None
+        raise _TargetProblemError(f"cannot load conformance.conversion: {e}") from None
     from conformance.compare import check
     from conformance.inputs import weights_and_inputs
     from vitspec.errors import VitSpecError
 
-    try:
-        model, _name = build_target(opts.target, seed=opts.seed)
-    except TargetError as e:
+    try:  # a target string, or a file vitspec convert -o wrote
+        model = build_operand(opts.target, seed=opts.seed)
+    except VitSpecError as e:  # an unknown or unbuildable target, an unreadable converted file
         raise _TargetProblemError(f"--vit-target {opts.target}: {e}") from None
     except ImportError as e:
         raise _TargetProblemError(f"--vit-target {opts.target}: an optional library is missing: {e}") from None
